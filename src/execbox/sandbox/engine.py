@@ -1,0 +1,206 @@
+"""The sandbox as the rest of execbox sees it: workspaces in, results out.
+
+    async with sandbox.workspace(disk_mb=64) as ws:
+        ws.write_file("main.py", b"print(1)")
+        result = await sandbox.run(ws, Command(["/usr/bin/python3", "main.py"]), limits)
+
+Isolation costs mostly the start of bwrap (namespaces, mounts). A warm pool
+keeps a few workspaces with a box already started in them, so the first command
+of a workspace only pays for running; later commands of the same workspace (the
+run after a compile, each test case) start a box of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import structlog
+
+from execbox.config import Settings
+from execbox.sandbox import cgroups
+from execbox.sandbox.box import (
+    Box,
+    Command,
+    OutputCallback,
+    SandboxLimits,
+    SandboxResult,
+    StdinSource,
+)
+from execbox.sandbox.bwrap import FsView, write_etc
+from execbox.sandbox.errors import SandboxError, SandboxUnavailable
+from execbox.sandbox.native import init_binary
+from execbox.sandbox.seccomp import filter_bpf
+from execbox.sandbox.workspace import Workspace
+
+log = structlog.get_logger(__name__)
+
+
+def _check_host(settings: Settings) -> None:
+    if os.geteuid() != 0:
+        raise SandboxUnavailable(
+            "execbox's sandbox needs root (it creates cgroups and mounts workspaces, then "
+            "drops to an unprivileged uid for the program): run it as root or in a container"
+        )
+    if not Path(settings.bwrap_path).exists() and not shutil.which("bwrap"):
+        raise SandboxUnavailable(
+            f"bubblewrap not found at {settings.bwrap_path}: install it with "
+            "`apt-get install bubblewrap` (or set EXECBOX_BWRAP_PATH)"
+        )
+    max_userns = Path("/proc/sys/user/max_user_namespaces")
+    if max_userns.exists() and max_userns.read_text().strip() == "0":
+        raise SandboxUnavailable(
+            "user namespaces are disabled (user.max_user_namespaces = 0): enable them with "
+            "`sysctl -w user.max_user_namespaces=10000`"
+        )
+    clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
+    if clone.exists() and clone.read_text().strip() == "0":
+        raise SandboxUnavailable(
+            "unprivileged user namespaces are disabled: enable them with "
+            "`sysctl -w kernel.unprivileged_userns_clone=1`"
+        )
+
+
+class Sandbox:
+    """Runs commands isolated, in workspaces it creates and destroys."""
+
+    def __init__(self, settings: Settings, extra_ro_paths: Iterable[str] = ()) -> None:
+        self.settings = settings
+        _check_host(settings)
+        self.cgroups = cgroups.detect(
+            settings.cgroup_version, settings.cgroup_mount, settings.cgroup_name
+        )
+        self.cgroups.setup()
+        data = settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o711)  # the sandbox uid may pass through, never list or read
+        settings.workspaces_dir.mkdir(exist_ok=True)
+        settings.workspaces_dir.chmod(0o711)
+        self._sweep_stale_workspaces()
+        etc_dir = data / "etc"
+        write_etc(etc_dir)
+        self.seccomp_file = settings.bin_dir / "seccomp.bpf"
+        self.view = FsView(
+            init_binary=init_binary(settings.bin_dir),
+            etc_dir=etc_dir,
+            extra_ro_paths=tuple(sorted(set(extra_ro_paths))),
+        )
+        self.seccomp_file.write_bytes(filter_bpf())
+        self.bwrap = settings.bwrap_path
+        self._warm: deque[Box] = deque()
+        # Workspaces taken from the warm pool, with the box started in them.
+        self._prestarted: dict[Path, Box] = {}
+        self._filling: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- workspaces --------------------------------------------------------
+
+    def _new_workspace(self, disk_mb: int) -> Workspace:
+        path = self.settings.workspaces_dir / uuid.uuid4().hex
+        return Workspace.create(path, self.settings.sandbox_uid, self.settings.sandbox_gid, disk_mb)
+
+    def _sweep_stale_workspaces(self) -> None:
+        """Unmounts workspaces a previous process left behind (crash, SIGKILL)."""
+        for path in self.settings.workspaces_dir.iterdir():
+            Workspace(path, 0, 0, 0).destroy()
+
+    @contextlib.asynccontextmanager
+    async def workspace(self, disk_mb: int) -> AsyncIterator[Workspace]:
+        box = self._take_warm()
+        if box is not None:
+            workspace = box.workspace
+            workspace.resize(disk_mb)
+            self._prestarted[workspace.path] = box
+        else:
+            workspace = self._new_workspace(disk_mb)
+        try:
+            yield workspace
+        finally:
+            leftover = self._prestarted.pop(workspace.path, None)
+            if leftover is not None:
+                await leftover.destroy()
+            workspace.destroy()
+
+    # -- boxes ---------------------------------------------------------------
+
+    async def _start_box(self, workspace: Workspace, network: bool = False) -> Box:
+        cgroup = self.cgroups.create(uuid.uuid4().hex)
+        try:
+            return await Box.start(
+                init_binary=self.view.init_binary,
+                bwrap=self.bwrap,
+                uid=self.settings.sandbox_uid,
+                gid=self.settings.sandbox_gid,
+                view=self.view,
+                seccomp_file=self.seccomp_file,
+                cgroup=cgroup,
+                workspace=workspace,
+                network=network,
+            )
+        except BaseException:
+            cgroup.remove()
+            raise
+
+    def _take_warm(self) -> Box | None:
+        box = self._warm.popleft() if self._warm else None
+        self._refill()
+        return box
+
+    def _refill(self) -> None:
+        if self._closed or self.settings.warm_pool_size == 0:
+            return
+        if self._filling is None or self._filling.done():
+            self._filling = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        while not self._closed and len(self._warm) < self.settings.warm_pool_size:
+            workspace = self._new_workspace(1)
+            try:
+                self._warm.append(await self._start_box(workspace))
+            except Exception:
+                workspace.destroy()
+                log.exception("warm_pool_fill_failed")
+                return
+
+    async def warm_up(self) -> None:
+        """Fills the warm pool now (servers call this at start)."""
+        self._refill()
+        if self._filling is not None:
+            await self._filling
+
+    async def run(
+        self,
+        workspace: Workspace,
+        command: Command,
+        limits: SandboxLimits,
+        *,
+        stdin: StdinSource = None,
+        on_output: OutputCallback | None = None,
+        network: bool = False,
+    ) -> SandboxResult:
+        """Runs one command in a fresh box over ``workspace``."""
+        if network and not self.settings.allow_network:
+            raise SandboxError("network access is disabled on this server (EXECBOX_ALLOW_NETWORK)")
+        box = self._prestarted.pop(workspace.path, None)
+        if box is None or box.network != network:
+            if box is not None:
+                await box.destroy()
+            box = await self._start_box(workspace, network)
+        return await box.run(command, limits, stdin=stdin, on_output=on_output)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._filling
+        while self._warm:
+            box = self._warm.popleft()
+            await box.destroy()
+            box.workspace.destroy()

@@ -1,0 +1,208 @@
+"""A sandbox's private workspace, and the host's only way to touch files in it.
+
+The workspace is a size-capped tmpfs owned by the sandbox uid. Everything the
+host does inside it goes through directory file descriptors, one path component
+at a time, with O_NOFOLLOW: a symlink, FIFO or device planted by the program is
+never followed or opened (Judge0's CVE-2024-28185/28189 were the host following
+such links).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from execbox.sandbox.errors import SandboxError
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REMOUNT = 0x20
+MNT_DETACH = 0x2
+MAX_PATH_DEPTH = 64
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class WorkspacePathError(ValueError):
+    """A path that would leave the workspace, or that names something unsafe."""
+
+
+def _mount_tmpfs(target: Path, options: str, flags: int = 0) -> None:
+    res = _libc.mount(
+        b"tmpfs", os.fsencode(target), b"tmpfs", MS_NOSUID | MS_NODEV | flags, options.encode()
+    )
+    if res != 0:
+        err = ctypes.get_errno()
+        raise SandboxError(f"cannot mount the workspace tmpfs at {target}: {os.strerror(err)}")
+
+
+def split_path(path: str) -> list[str]:
+    """The components of a workspace-relative path; refuses anything that escapes."""
+    if "\0" in path:
+        raise WorkspacePathError("path contains a NUL byte")
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if path.startswith("/") and not path.startswith("/box/") and path != "/box":
+        raise WorkspacePathError(f"{path!r}: absolute paths must be inside /box")
+    if path.startswith("/box"):
+        parts = parts[1:]
+    if any(p == ".." for p in parts):
+        raise WorkspacePathError(f"{path!r}: '..' is not allowed")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise WorkspacePathError(f"{path!r}: too deep")
+    return parts
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    type: str  # file | dir | symlink | other
+    size: int
+    mtime: float
+
+
+class Workspace:
+    """A mounted workspace directory on the host."""
+
+    def __init__(self, path: Path, uid: int, gid: int, size_mb: int) -> None:
+        self.path = path
+        self.uid = uid
+        self.gid = gid
+        self.size_mb = size_mb
+
+    @classmethod
+    def create(cls, path: Path, uid: int, gid: int, size_mb: int) -> Workspace:
+        path.mkdir(mode=0o700)
+        try:
+            _mount_tmpfs(path, cls._options(uid, gid, size_mb))
+        except SandboxError:
+            path.rmdir()
+            raise
+        return cls(path, uid, gid, size_mb)
+
+    @staticmethod
+    def _options(uid: int, gid: int, size_mb: int) -> str:
+        return f"size={size_mb}m,mode=0700,uid={uid},gid={gid},nr_inodes=0"
+
+    def resize(self, size_mb: int) -> None:
+        if size_mb != self.size_mb:
+            _mount_tmpfs(self.path, self._options(self.uid, self.gid, size_mb), MS_REMOUNT)
+            self.size_mb = size_mb
+
+    def destroy(self) -> None:
+        _libc.umount2(os.fsencode(self.path), MNT_DETACH)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.rmdir()
+
+    # -- confined access -------------------------------------------------
+
+    @contextlib.contextmanager
+    def _dir(self, parts: list[str], *, create: bool = False) -> Iterator[int]:
+        """A descriptor of the directory at ``parts``, reached without following links."""
+        fd = os.open(self.path, _DIR_FLAGS)
+        try:
+            for part in parts:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                        os.chown(part, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except (NotADirectoryError, OSError) as exc:
+                    raise WorkspacePathError(f"{part!r} is not a directory") from exc
+                os.close(fd)
+                fd = nxt
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open_regular(self, path: str, flags: int, mode: int = 0o644) -> int:
+        parts = split_path(path)
+        if not parts:
+            raise WorkspacePathError("a file path is required")
+        *dirs, name = parts
+        with self._dir(dirs, create=bool(flags & os.O_CREAT)) as dfd:
+            try:
+                fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode,
+                             dir_fd=dfd)  # fmt: skip
+            except OSError as exc:
+                if exc.errno in (40, 20, 21, 6):  # ELOOP, ENOTDIR, EISDIR, ENXIO
+                    raise WorkspacePathError(f"{path!r} is not a regular file") from exc
+                raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise WorkspacePathError(f"{path!r} is not a regular file")
+        return fd
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        fd = self._open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchown(fd, self.uid, self.gid)
+            os.set_blocking(fd, True)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise SandboxError(f"cannot write {path!r} in the workspace: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+    def read_file(self, path: str, max_bytes: int) -> bytes:
+        fd = self._open_regular(path, os.O_RDONLY)
+        try:
+            os.set_blocking(fd, True)
+            chunks, left = [], max_bytes + 1
+            while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise WorkspacePathError(f"{path!r} is larger than {max_bytes} bytes")
+        return data
+
+    def remove(self, path: str) -> None:
+        parts = split_path(path)
+        if not parts:
+            raise WorkspacePathError("refusing to remove the workspace itself")
+        *dirs, name = parts
+        with self._dir(dirs) as dfd:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                self._remove_tree(dfd, name)
+            else:
+                os.unlink(name, dir_fd=dfd)
+
+    def _remove_tree(self, parent_fd: int, name: str) -> None:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            for entry in os.scandir(fd):
+                if entry.is_dir(follow_symlinks=False):
+                    self._remove_tree(fd, entry.name)
+                else:
+                    os.unlink(entry.name, dir_fd=fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent_fd)
+
+    def list_dir(self, path: str = "") -> list[Entry]:
+        with self._dir(split_path(path)) as dfd:
+            entries = []
+            for entry in os.scandir(dfd):
+                st = entry.stat(follow_symlinks=False)
+                kind = (
+                    "dir" if stat.S_ISDIR(st.st_mode)
+                    else "file" if stat.S_ISREG(st.st_mode)
+                    else "symlink" if stat.S_ISLNK(st.st_mode)
+                    else "other"
+                )  # fmt: skip
+                entries.append(Entry(entry.name, kind, st.st_size, st.st_mtime))
+        return sorted(entries, key=lambda e: e.name)
