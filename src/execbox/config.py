@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     warm_pool_size: int = Field(2, ge=0, le=64, description="Sandboxes kept started ahead")
     allow_network: bool = Field(False, description="Whether callers may ask for network")
 
+    # Admin maxima: what a caller may ask for at most (requests beyond get a 422).
+    max_cpu_time_s: float = 30
+    max_wall_time_s: float = 60
+    max_memory_mb: int = 2048
+    max_processes: int = 256
+    max_output_kb: int = 16384
+    max_file_size_kb: int = 262144
+    max_disk_mb: int = 1024
+
     # Service
     database_url: str | None = None
     redis_url: str | None = None
