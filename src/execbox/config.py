@@ -47,6 +47,46 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     api_keys: str | None = None
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    database_schema: str | None = Field(
+        None, description="PostgreSQL schema for execbox's tables (default: the search_path)"
+    )
+    allow_insecure: bool = Field(
+        False, description="Serve without API keys on a non-loopback address"
+    )
+    cors_origins: str | None = Field(None, description="Comma-separated origins allowed by CORS")
+    max_body_kb: int = Field(10240, gt=0, description="Largest request body accepted")
+    queue_size: int = Field(1000, gt=0, description="Jobs waiting at most; beyond, 429")
+    max_attempts: int = Field(
+        3, ge=1, description="Starts of a job (restarts included) before it is failed"
+    )
+    retention_days: float = Field(
+        7, ge=0, description="Finished jobs older than this are deleted; 0 keeps them"
+    )
+    shutdown_grace_s: float = Field(
+        10, ge=0, description="On shutdown, how long running jobs may finish before re-queueing"
+    )
+    sse_ping_s: float = Field(15, gt=0, description="Keepalive interval of event streams")
+    webhook_allowed_hosts: str | None = Field(
+        None, description="Comma-separated hosts callback_url may name (`*.example.com` too)"
+    )
+    webhook_attempts: int = Field(5, ge=1)
+    webhook_timeout_s: float = Field(10, gt=0)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return _split(self.api_keys)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
+    @property
+    def webhook_host_list(self) -> list[str]:
+        return [host.lower() for host in _split(self.webhook_allowed_hosts)]
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'execbox.db'}"
 
     @property
     def workspaces_dir(self) -> Path:
@@ -55,6 +95,10 @@ class Settings(BaseSettings):
     @property
     def bin_dir(self) -> Path:
         return self.data_dir / "bin"
+
+
+def _split(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
 @lru_cache(maxsize=1)

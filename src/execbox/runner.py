@@ -69,6 +69,11 @@ def outputs_match(actual: str, expected: str) -> bool:
     return norm(actual) == norm(expected)
 
 
+def _bytes(text: str) -> bytes:
+    """Text to bytes; lone surrogates (a client's raw bytes) come back as those bytes."""
+    return text.encode(errors="surrogateescape")
+
+
 def _text(data: bytes) -> tuple[str, str | None]:
     """Text for JSON, plus the exact bytes in base64 when they are not UTF-8."""
     try:
@@ -176,7 +181,7 @@ class Runner:
             )
         return lang
 
-    def _resolve_limits(self, asked: Limits, lang_default: Limits, base: Limits) -> ResolvedLimits:
+    def resolve_limits(self, asked: Limits, lang_default: Limits, base: Limits) -> ResolvedLimits:
         merged = asked.merged_over(lang_default.merged_over(base))
         s = self.settings
         maxima = {
@@ -233,8 +238,8 @@ class Runner:
             files=files,
             main=files[0][0],
             entry=entry,
-            run_limits=self._resolve_limits(request.limits, lang.limits, self.table.limits),
-            compile_limits=self._resolve_limits(
+            run_limits=self.resolve_limits(request.limits, lang.limits, self.table.limits),
+            compile_limits=self.resolve_limits(
                 request.compile_limits, lang.compile_limits, self.table.compile_limits
             ),
         )
@@ -281,7 +286,7 @@ class Runner:
                     name = f"test {number}"
                     emit(RunnerEvent("stage", name))
                     ran = await self._stage(
-                        ws, plan, lang.run, plan.run_limits, name, emit, test.stdin.encode(),
+                        ws, plan, lang.run, plan.run_limits, name, emit, _bytes(test.stdin),
                         env, args=request.args,
                     )  # fmt: skip
                     stage = to_stage(ran, TestStage)
@@ -300,7 +305,7 @@ class Runner:
             else:
                 emit(RunnerEvent("stage", "running"))
                 feed: bytes | AsyncIterator[bytes] = (
-                    stdin if stdin is not None else (request.stdin or "").encode()
+                    stdin if stdin is not None else _bytes(request.stdin or "")
                 )
                 ran = await self._stage(
                     ws, plan, lang.run, plan.run_limits, "run", emit, feed, env,

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +203,21 @@ class CgroupManager(ABC):
     version: int
 
     @abstractmethod
+    def parent_dirs(self) -> list[Path]: ...
+
+    def sweep(self, is_stale: Callable[[str], bool]) -> None:
+        """Removes left-over run cgroups (of dead processes), killing what is in them."""
+        for parent in self.parent_dirs():
+            for child in parent.iterdir() if parent.exists() else ():
+                if child.is_dir() and is_stale(child.name):
+                    with contextlib.suppress(OSError):
+                        self._wrap(child).remove()
+
+    @abstractmethod
+    def _wrap(self, path: Path) -> RunCgroup:
+        """The run cgroup at ``path`` (one hierarchy's directory of it)."""
+
+    @abstractmethod
     def create(self, name: str) -> RunCgroup: ...
 
     @abstractmethod
@@ -214,6 +230,12 @@ class V1Manager(CgroupManager):
 
     def __init__(self, mounts: dict[str, Path], parent: str) -> None:
         self.parents = {c: mounts[c] / parent for c in V1_CONTROLLERS}
+
+    def parent_dirs(self) -> list[Path]:
+        return list(self.parents.values())
+
+    def _wrap(self, path: Path) -> RunCgroup:
+        return V1RunCgroup({c: p / path.name for c, p in self.parents.items()})
 
     def setup(self) -> None:
         for parent in self.parents.values():
@@ -235,6 +257,12 @@ class V2Manager(CgroupManager):
     def __init__(self, mount: Path, parent: str) -> None:
         self.mount = mount
         self.parent = mount / parent
+
+    def parent_dirs(self) -> list[Path]:
+        return [self.parent]
+
+    def _wrap(self, path: Path) -> RunCgroup:
+        return V2RunCgroup(path)
 
     def setup(self) -> None:
         wanted = set(V2_CONTROLLERS)
@@ -293,9 +321,7 @@ def detect(
                     v1[controller] = point
     v2_points = [point for point, fstype, _ in mounts if fstype == "cgroup2"]
     v2_usable = [
-        p
-        for p in v2_points
-        if {"memory", "pids"} <= set(_read(p / "cgroup.controllers").split())
+        p for p in v2_points if {"memory", "pids"} <= set(_read(p / "cgroup.controllers").split())
     ]
     if version in ("auto", "2") and v2_usable:
         return V2Manager(v2_usable[0], parent)

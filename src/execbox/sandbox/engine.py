@@ -42,6 +42,24 @@ from execbox.sandbox.workspace import Workspace
 log = structlog.get_logger(__name__)
 
 
+def _owned_name() -> str:
+    """A unique name that says which process owns the thing it names."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _owner_alive(name: str) -> bool:
+    pid, _, _ = name.partition("-")
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _check_host(settings: Settings) -> None:
     if os.geteuid() != 0:
         raise SandboxUnavailable(
@@ -102,13 +120,16 @@ class Sandbox:
     # -- workspaces --------------------------------------------------------
 
     def _new_workspace(self, disk_mb: int) -> Workspace:
-        path = self.settings.workspaces_dir / uuid.uuid4().hex
+        path = self.settings.workspaces_dir / _owned_name()
         return Workspace.create(path, self.settings.sandbox_uid, self.settings.sandbox_gid, disk_mb)
 
     def _sweep_stale_workspaces(self) -> None:
-        """Unmounts workspaces a previous process left behind (crash, SIGKILL)."""
+        """Unmounts workspaces whose process died without cleaning up (crash, SIGKILL).
+        Other live processes (a server and a CLI run) may share the data dir."""
         for path in self.settings.workspaces_dir.iterdir():
-            Workspace(path, 0, 0, 0).destroy()
+            if not _owner_alive(path.name):
+                Workspace(path, 0, 0, 0).destroy()
+        self.cgroups.sweep(lambda name: not _owner_alive(name))
 
     @contextlib.asynccontextmanager
     async def workspace(self, disk_mb: int) -> AsyncIterator[Workspace]:
@@ -130,7 +151,7 @@ class Sandbox:
     # -- boxes ---------------------------------------------------------------
 
     async def _start_box(self, workspace: Workspace, network: bool = False) -> Box:
-        cgroup = self.cgroups.create(uuid.uuid4().hex)
+        cgroup = self.cgroups.create(_owned_name())
         try:
             return await Box.start(
                 init_binary=self.view.init_binary,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -132,7 +133,7 @@ class Workspace:
                 fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode,
                              dir_fd=dfd)  # fmt: skip
             except OSError as exc:
-                if exc.errno in (40, 20, 21, 6):  # ELOOP, ENOTDIR, EISDIR, ENXIO
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO):
                     raise WorkspacePathError(f"{path!r} is not a regular file") from exc
                 raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
