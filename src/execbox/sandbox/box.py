@@ -20,10 +20,15 @@ from execbox.models import Verdict
 from execbox.sandbox.bwrap import WORKDIR, FsView, bwrap_argv
 from execbox.sandbox.cgroups import CgroupStats, RunCgroup
 from execbox.sandbox.errors import SandboxError
+from execbox.sandbox.spawn import Spawned, read_pipe
 from execbox.sandbox.workspace import Workspace
 
 READ_CHUNK = 65536
 KILL_GRACE_S = 2.0
+START_TIMEOUT_S = 10
+# Where the sandbox process finds its pipes (see init.c and bwrap.py).
+CMD_FD, STATUS_FD, SECCOMP_FD = 3, 4, 5
+PROGRAM_STDIO_FDS = (6, 7, 8)
 
 OutputCallback = Callable[[str, bytes], None]
 StdinSource = bytes | AsyncIterator[bytes] | None
@@ -109,7 +114,7 @@ class Box:
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: Spawned,
         cgroup: RunCgroup,
         workspace: Workspace,
         cmd_fd: int,
@@ -143,39 +148,33 @@ class Box:
         seccomp_fd = os.open(seccomp_file, os.O_RDONLY | os.O_CLOEXEC)
         argv = [
             str(init_binary), "enter", str(uid), str(gid), *cgroup.procs_files, "--",
-            *bwrap_argv(bwrap, view, workspace.path, network=network, seccomp_fd=seccomp_fd,
-                        cmd_fd=cmd_r, status_fd=status_w),
+            *bwrap_argv(bwrap, view, workspace.path, network=network, seccomp_fd=SECCOMP_FD,
+                        cmd_fd=CMD_FD, status_fd=STATUS_FD, stdio_fds=PROGRAM_STDIO_FDS),
         ]  # fmt: skip
-        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(cmd_r, status_w, seccomp_fd),
-                env={},
-                start_new_session=True,
+            proc = await Spawned.start(
+                argv,
+                PROGRAM_STDIO_FDS,
+                {CMD_FD: cmd_r, STATUS_FD: status_w, SECCOMP_FD: seccomp_fd},
             )
-        finally:
-            for fd in (cmd_r, status_w, seccomp_fd):
+        except BaseException:
+            for fd in (cmd_w, status_r):
                 os.close(fd)
-        status = asyncio.StreamReader()
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(status), os.fdopen(status_r, "rb", 0)
-        )
+            raise
+        status = await read_pipe(status_r)
         box = cls(proc, cgroup, workspace, cmd_w, status, network)
         try:
-            line = await asyncio.wait_for(status.readline(), timeout=10)
+            line = await asyncio.wait_for(status.readline(), timeout=START_TIMEOUT_S)
         except TimeoutError:
             line = b""
         if line != b"ready\n":
-            await box.destroy()
-            stderr = await proc.stderr.read() if proc.stderr else b""
+            box.kill()
+            await box.release()
+            stderr = await proc.errors.read()
             raise SandboxError(
-                "the sandbox did not start: " + (stderr.decode(errors="replace").strip() or
-                                                 f"bwrap exited with {proc.returncode}")
-            )  # fmt: skip
+                "the sandbox did not start: "
+                + (stderr.decode(errors="replace").strip() or f"bwrap exited with {proc.exited}")
+            )
         return box
 
     async def run(
@@ -192,7 +191,7 @@ class Box:
         try:
             return await self._execute(cmd, limits, stdin, on_output)
         finally:
-            await self.destroy()
+            self.kill()
 
     async def _execute(
         self,
@@ -350,14 +349,16 @@ class Box:
             message=message,
         )
 
-    async def destroy(self) -> None:
-        """Kills everything of this box and frees its cgroup (the workspace stays)."""
+    def kill(self) -> None:
+        """Kills every process of this box at once (the cgroup and bwrap)."""
         if self._cmd_fd >= 0:
             os.close(self._cmd_fd)
             self._cmd_fd = -1
         self.cgroup.kill()
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
-        self.cgroup.remove()
+        self.proc.kill()
+
+    async def release(self) -> None:
+        """Reaps bwrap and removes the cgroup, after kill(); off the request's path."""
+        self.kill()
+        await self.proc.exited
+        await self.cgroup.remove_async()

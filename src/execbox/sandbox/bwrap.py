@@ -74,6 +74,7 @@ def bwrap_argv(
     seccomp_fd: int,
     cmd_fd: int,
     status_fd: int,
+    stdio_fds: tuple[int, int, int],
 ) -> list[str]:
     args = [
         bwrap,
@@ -106,6 +107,6 @@ def bwrap_argv(
         "--chdir", WORKDIR,
         "--seccomp", str(seccomp_fd),
         "--",
-        INIT_PATH, "init", str(cmd_fd), str(status_fd),
+        INIT_PATH, "init", str(cmd_fd), str(status_fd), *map(str, stdio_fds),
     ]  # fmt: skip
     return args

@@ -9,6 +9,7 @@ interface, and detection reads the kernel's own mount table.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -22,6 +23,8 @@ from pathlib import Path
 from execbox.sandbox.errors import SandboxUnavailable
 
 V1_CONTROLLERS = ("memory", "pids", "cpuacct", "cpu")
+REMOVE_ATTEMPTS = 400
+REMOVE_PAUSE_S = 0.005
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 
 
@@ -98,19 +101,32 @@ class RunCgroup(ABC):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.001)
 
+    def try_remove(self) -> bool:
+        """Kills what is left and removes the directories; False while still busy."""
+        self.kill()
+        try:
+            for d in self.dirs:
+                with contextlib.suppress(FileNotFoundError):
+                    d.rmdir()
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            return False
+        return True
+
     def remove(self) -> None:
-        """Kills what is left and removes the cgroup directories."""
-        for attempt in range(200):
-            self.kill()
-            try:
-                for d in self.dirs:
-                    with contextlib.suppress(FileNotFoundError):
-                        d.rmdir()
+        for _ in range(REMOVE_ATTEMPTS):
+            if self.try_remove():
                 return
-            except OSError as exc:
-                if exc.errno != errno.EBUSY or attempt == 199:
-                    raise
-                time.sleep(0.005)
+            time.sleep(REMOVE_PAUSE_S)
+        raise OSError(errno.EBUSY, f"cgroup {self.dirs[0]} stays busy")
+
+    async def remove_async(self) -> None:
+        for _ in range(REMOVE_ATTEMPTS):
+            if self.try_remove():
+                return
+            await asyncio.sleep(REMOVE_PAUSE_S)
+        raise OSError(errno.EBUSY, f"cgroup {self.dirs[0]} stays busy")
 
 
 class V1RunCgroup(RunCgroup):

@@ -18,8 +18,9 @@ import os
 import shutil
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -114,6 +115,7 @@ class Sandbox:
         self._warm: deque[Box] = deque()
         # Workspaces taken from the warm pool, with the box started in them.
         self._prestarted: dict[Path, Box] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._filling: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -145,8 +147,24 @@ class Sandbox:
         finally:
             leftover = self._prestarted.pop(workspace.path, None)
             if leftover is not None:
-                await leftover.destroy()
-            workspace.destroy()
+                leftover.kill()
+            self._background(self._teardown(leftover, workspace))
+
+    async def _teardown(self, box: Box | None, workspace: Workspace) -> None:
+        if box is not None:
+            await box.release()
+        workspace.destroy()
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Cleanup that need not delay a result (reaping, rmdir, umount)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanup_done)
+
+    def _cleanup_done(self, task: asyncio.Task[None]) -> None:
+        self._cleanups.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sandbox_cleanup_failed", exc_info=task.exception())
 
     # -- boxes ---------------------------------------------------------------
 
@@ -209,11 +227,16 @@ class Sandbox:
         if network and not self.settings.allow_network:
             raise SandboxError("network access is disabled on this server (EXECBOX_ALLOW_NETWORK)")
         box = self._prestarted.pop(workspace.path, None)
-        if box is None or box.network != network:
-            if box is not None:
-                await box.destroy()
+        if box is not None and box.network != network:
+            box.kill()
+            self._background(box.release())
+            box = None
+        if box is None:
             box = await self._start_box(workspace, network)
-        return await box.run(command, limits, stdin=stdin, on_output=on_output)
+        try:
+            return await box.run(command, limits, stdin=stdin, on_output=on_output)
+        finally:
+            self._background(box.release())
 
     async def close(self) -> None:
         self._closed = True
@@ -223,5 +246,7 @@ class Sandbox:
                 await self._filling
         while self._warm:
             box = self._warm.popleft()
-            await box.destroy()
-            box.workspace.destroy()
+            box.kill()
+            self._background(self._teardown(box, box.workspace))
+        while self._cleanups:
+            await asyncio.gather(*list(self._cleanups), return_exceptions=True)

@@ -8,14 +8,17 @@
  *       (bwrap). Doing this here instead of a Python preexec_fn keeps the spawn on
  *       the fast vfork path of the server.
  *
- *   execbox-init init CMD_FD STATUS_FD
+ *   execbox-init init CMD_FD STATUS_FD STDIN_FD STDOUT_FD STDERR_FD
  *       Inside the sandbox, as PID 1 of its pid namespace (bwrap --as-pid-1).
  *       Being PID 1 makes it immune to signals from the program (kill(-1) and
  *       SIGKILL from inside the namespace do not reach it), so the exit status
  *       it reports cannot be forged or lost. It says "ready", waits for one
  *       command on CMD_FD, forks and execs it, reaps everything, and when the
  *       command's process ends it kills every other process in the namespace and
- *       reports the exact wait status and rusage on STATUS_FD.
+ *       reports the exact wait status and rusage on STATUS_FD. The program's
+ *       stdio pipes arrive on their own fds, not on bwrap's 0/1/2, so that the
+ *       program's processes hold the only write ends: the host sees EOF the moment
+ *       the last of them is gone, without waiting for the namespaces to be torn down.
  *
  * Command format (written by execbox/sandbox/process.py, closed after writing):
  *   "execbox1 ARGC ENVC CPU_S FSIZE NOFILE STACK\n" CWD \0 ARGV... \0 ENV... \0
@@ -145,11 +148,13 @@ static long long micros(const struct timeval *tv) {
 }
 
 static int init(int argc, char **argv) {
-    if (argc != 4) return 125;
+    if (argc != 7) return 125;
     int cmd_fd = atoi(argv[2]);
     int status_fd = atoi(argv[3]);
+    int stdio[3] = {atoi(argv[4]), atoi(argv[5]), atoi(argv[6])};
     fcntl(cmd_fd, F_SETFD, FD_CLOEXEC);
     fcntl(status_fd, F_SETFD, FD_CLOEXEC);
+    for (int k = 0; k < 3; k++) fcntl(stdio[k], F_SETFD, FD_CLOEXEC);
     /* Not dumpable: the program (same uid) cannot open /proc/1/fd to reach our pipes. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (write_all(status_fd, "ready\n", 6) < 0) return 125;
@@ -185,6 +190,9 @@ static int init(int argc, char **argv) {
         return 125;
     }
     if (child == 0) {
+        for (int k = 0; k < 3; k++) {
+            if (dup2(stdio[k], k) < 0) _exit(126); /* dup2 clears close-on-exec */
+        }
         set_limit(RLIMIT_CORE, 0);
         set_limit(RLIMIT_CPU, cpu_s);
         set_limit(RLIMIT_FSIZE, fsize);
@@ -205,13 +213,7 @@ static int init(int argc, char **argv) {
         _exit(errno == ENOENT ? 127 : 126);
     }
     /* The pipes' ends must close with the program, not with us. */
-    int devnull = open("/dev/null", O_RDWR);
-    if (devnull >= 0) {
-        dup2(devnull, 0);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        if (devnull > 2) close(devnull);
-    }
+    for (int k = 0; k < 3; k++) close(stdio[k]);
 
     int status = 0;
     struct rusage usage;
