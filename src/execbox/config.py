@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXECBOX_", extra="ignore")
 
     data_dir: Path = Field(default_factory=_default_data_dir)
+    runtime_dir: Path = Field(
+        Path("/run/execbox"),
+        description="Workspaces and the files every sandbox binds (init, /etc, seccomp); "
+        "its parents must be traversable by the sandbox uid",
+    )
 
     # Sandbox
     sandbox_uid: int = Field(60100, description="Host uid the sandboxed programs run as")
@@ -69,8 +74,13 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: str | None = Field(
         None, description="Comma-separated hosts callback_url may name (`*.example.com` too)"
     )
-    webhook_attempts: int = Field(5, ge=1)
+    webhook_attempts: int = Field(5, ge=1, description="Deliveries tried per result")
+    webhook_backoff_s: float = Field(1, ge=0, description="First retry delay, doubling after")
     webhook_timeout_s: float = Field(10, gt=0)
+    webhook_secret: str | None = Field(
+        None, description="Signs webhook bodies: X-Execbox-Signature: sha256=HMAC(body)"
+    )
+    log_level: str = "info"
 
     @property
     def api_key_list(self) -> list[str]:
@@ -90,11 +100,11 @@ class Settings(BaseSettings):
 
     @property
     def workspaces_dir(self) -> Path:
-        return self.data_dir / "workspaces"
+        return self.runtime_dir / "workspaces"
 
     @property
     def bin_dir(self) -> Path:
-        return self.data_dir / "bin"
+        return self.runtime_dir / "bin"
 
 
 def _split(value: str | None) -> list[str]:

@@ -50,7 +50,7 @@ class SandboxLimits:
     output_bytes: int
     file_size_bytes: int
     stack_bytes: int = 0  # 0: the memory limit (recursion-heavy programs need deep stacks)
-    open_files: int = 256
+    open_files: int = 1024
     cpus: float | None = None
 
 

@@ -61,8 +61,10 @@ def write_etc(etc_dir: Path) -> None:
     for name, text in files.items():
         path = etc_dir / name
         if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            path.chmod(0o644)
+            tmp = etc_dir / f".{name}.{os.getpid()}"
+            tmp.write_text(text)
+            tmp.chmod(0o644)
+            tmp.rename(path)
 
 
 def bwrap_argv(

@@ -61,6 +61,26 @@ def _owner_alive(name: str) -> bool:
     return True
 
 
+def _check_traversable(path: Path) -> None:
+    """bwrap runs as the sandbox uid: it must be able to reach what it binds."""
+    for parent in [path, *path.parents]:
+        if not parent.stat().st_mode & 0o001:
+            raise SandboxUnavailable(
+                f"the sandbox uid cannot reach {path}: {parent} is not searchable by others; "
+                f"`chmod o+x {parent}` or set EXECBOX_RUNTIME_DIR elsewhere (default /run/execbox)"
+            )
+
+
+def _write_once(path: Path, data: bytes) -> Path:
+    """Writes a shared file atomically, so concurrent processes never see half of it."""
+    if not path.exists() or path.read_bytes() != data:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.chmod(0o644)
+        tmp.rename(path)
+    return path
+
+
 def _check_host(settings: Settings) -> None:
     if os.geteuid() != 0:
         raise SandboxUnavailable(
@@ -96,21 +116,21 @@ class Sandbox:
             settings.cgroup_version, settings.cgroup_mount, settings.cgroup_name
         )
         self.cgroups.setup()
-        data = settings.data_dir
-        data.mkdir(parents=True, exist_ok=True)
-        data.chmod(0o711)  # the sandbox uid may pass through, never list or read
+        runtime = settings.runtime_dir
+        runtime.mkdir(parents=True, exist_ok=True)
+        runtime.chmod(0o711)  # the sandbox uid may pass through, never list or read
+        _check_traversable(runtime)
         settings.workspaces_dir.mkdir(exist_ok=True)
         settings.workspaces_dir.chmod(0o711)
         self._sweep_stale_workspaces()
-        etc_dir = data / "etc"
+        etc_dir = runtime / "etc"
         write_etc(etc_dir)
-        self.seccomp_file = settings.bin_dir / "seccomp.bpf"
         self.view = FsView(
             init_binary=init_binary(settings.bin_dir),
             etc_dir=etc_dir,
             extra_ro_paths=tuple(sorted(set(extra_ro_paths))),
         )
-        self.seccomp_file.write_bytes(filter_bpf())
+        self.seccomp_file = _write_once(settings.bin_dir / "seccomp.bpf", filter_bpf())
         self.bwrap = settings.bwrap_path
         self._warm: deque[Box] = deque()
         # Workspaces taken from the warm pool, with the box started in them.
