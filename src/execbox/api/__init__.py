@@ -1,0 +1,1 @@
+"""The HTTP API: thin; validates, submits, waits or streams."""

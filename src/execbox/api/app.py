@@ -1,0 +1,58 @@
+"""The FastAPI application: routers, middleware, problem handlers, and the services
+started and stopped with it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from execbox.api import executions, system
+from execbox.api.middleware import BodyLimit, RequestContext
+from execbox.api.problems import install_problem_handlers, use_problem_media_type
+from execbox.config import Settings
+from execbox.services import Services
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = await Services.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.services.stop()
+
+    app = FastAPI(
+        title="execbox",
+        version=version("execbox"),
+        description="Runs untrusted code in many languages, isolated.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(executions.router)
+    app.include_router(system.router)
+    install_problem_handlers(app)
+    # Outermost last: CORS answers preflights before anything else runs.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb << 10)
+    app.add_middleware(RequestContext)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = use_problem_media_type(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

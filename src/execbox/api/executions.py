@@ -1,0 +1,150 @@
+"""/v1/executions: submit, wait or stream, read, list, cancel. No execution logic:
+validate, hand over to the job service, answer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from sse_starlette import EventSourceResponse
+
+from execbox.api.deps import ServicesDep, require_api_key
+from execbox.api.problems import ProblemError, problem_responses
+from execbox.api.schemas import Activity, ActivityEntry, ExecutionList
+from execbox.api.streaming import execution_events
+from execbox.jobs import new_job_id, to_result
+from execbox.models import ExecutionRequest, ExecutionResult, Status
+from execbox.queue import QueueFull
+from execbox.runner import InvalidRequest
+from execbox.store import ACTIVITY_KINDS
+from execbox.webhooks import CallbackUrlError, check_callback_url
+
+router = APIRouter(
+    prefix="/v1/executions",
+    tags=["executions"],
+    dependencies=[Depends(require_api_key)],
+    responses=problem_responses(401),
+)
+
+JobId = Annotated[str, Path(max_length=64, description="The execution's id")]
+
+
+@router.post(
+    "",
+    response_model=ExecutionResult,
+    responses={
+        202: {"model": ExecutionResult, "description": "Queued (wait=false); see Location"},
+        **problem_responses(413, 422, 429),
+    },
+)
+async def create_execution(
+    request: ExecutionRequest,
+    response: Response,
+    services: ServicesDep,
+    wait: Annotated[
+        bool, Query(description="Answer with the result (true) or at once with 202 (false)")
+    ] = True,
+) -> ExecutionResult:
+    """Runs a program. A compile error, a crash or a timeout is a completed execution
+    with a verdict, not an HTTP error."""
+    try:
+        services.runner.check(request)
+        if request.callback_url is not None:
+            check_callback_url(request.callback_url, services.settings.webhook_host_list)
+    except (InvalidRequest, CallbackUrlError) as exc:
+        raise ProblemError(422, str(exc)) from exc
+    job_id = new_job_id()
+    async with services.bus.subscribe(job_id) as subscription:
+        try:
+            job = await services.jobs.submit(
+                request, services.language_ref(request.language), job_id
+            )
+        except QueueFull as exc:
+            raise ProblemError(
+                429, f"{exc}; try again later", headers={"Retry-After": str(exc.retry_after_s)}
+            ) from exc
+        if not wait:
+            response.status_code = 202
+            response.headers["Location"] = f"/v1/executions/{job.id}"
+            return to_result(job)
+        return await services.jobs.wait(job_id, subscription)
+
+
+@router.get("", response_model=ExecutionList, responses=problem_responses(422))
+async def list_executions(
+    services: ServicesDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9a-f]{1,32}$", description="next_cursor of a page")
+    ] = None,
+) -> ExecutionList:
+    """Executions, newest first."""
+    jobs = await services.jobs.store.list(status=status, limit=limit, before=cursor)
+    return ExecutionList(
+        items=[to_result(job) for job in jobs],
+        next_cursor=jobs[-1].id if len(jobs) == limit else None,
+    )
+
+
+@router.get("/{job_id}", response_model=ExecutionResult, responses=problem_responses(404, 422))
+async def get_execution(job_id: JobId, services: ServicesDep) -> ExecutionResult:
+    return to_result(await services.jobs.get(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=ExecutionResult, responses=problem_responses(404, 409, 422)
+)
+async def cancel_execution(job_id: JobId, services: ServicesDep) -> ExecutionResult:
+    """Cancels a queued or running execution (its sandbox is killed). 409 when it
+    already finished otherwise."""
+    return await services.jobs.cancel(job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `status`, `stdout`, `stderr`, then `result`",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(404, 422),
+    },
+)
+async def stream_execution(
+    job_id: JobId,
+    services: ServicesDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            pattern=r"^[0-9]{1,9}$",
+            description="Resume after this event id",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    await services.jobs.get(job_id)  # 404 before the stream starts
+    return EventSourceResponse(
+        execution_events(services.jobs, job_id, int(last_event_id or 0)),
+        ping=services.settings.sse_ping_s,
+    )
+
+
+@router.get(
+    "/{job_id}/activity",
+    response_model=Activity,
+    response_model_exclude_none=True,
+    responses=problem_responses(404, 422),
+)
+async def execution_activity(job_id: JobId, services: ServicesDep) -> Activity:
+    """The persisted log: transitions, stages, errors, with their times."""
+    job = await services.jobs.get(job_id)
+    events = await services.jobs.store.events(job_id, kinds=ACTIVITY_KINDS)
+    return Activity(
+        id=job.id,
+        status=job.status,
+        events=[
+            ActivityEntry(seq=e.seq, at=e.at, type=e.kind.value, **(e.data or {})) for e in events
+        ],
+    )

@@ -1,0 +1,98 @@
+"""The event bus: a job's events, published after they are persisted, to whoever
+follows the job (SSE streams, synchronous callers), plus cancel requests to the
+worker running a job.
+
+The in-process bus serves the embedded mode; a Redis bus replaces it in scale-out
+mode behind the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from execbox.store import JobEvent
+
+CancelHandler = Callable[[str], None]
+
+
+class Lagged(Exception):
+    """The subscriber fell behind and events were dropped: read them from the store."""
+
+
+class Subscription:
+    """Events of one job published after the subscription began."""
+
+    def __init__(self, maxsize: int = 1024) -> None:
+        self._queue: asyncio.Queue[JobEvent] = asyncio.Queue(maxsize)
+        self._lagged = False
+
+    def deliver(self, event: JobEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # Never let a slow reader hold the publisher or grow memory without bound.
+            self._lagged = True
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        if self._lagged:
+            self._lagged = False
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            raise Lagged
+        return await self._queue.get()
+
+
+class EventBus(ABC):
+    @abstractmethod
+    async def publish(self, job_id: str, events: Sequence[JobEvent]) -> None: ...
+
+    @abstractmethod
+    def subscribe(self, job_id: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+
+    @abstractmethod
+    async def request_cancel(self, job_id: str) -> None:
+        """Asks the worker running the job, wherever it is, to stop it."""
+
+    @abstractmethod
+    def on_cancel_request(self, handler: CancelHandler) -> None:
+        """Registers a worker's handler of cancel requests."""
+
+    async def close(self) -> None:
+        return None
+
+
+class LocalEventBus(EventBus):
+    def __init__(self) -> None:
+        self._subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._cancel_handlers: list[CancelHandler] = []
+
+    async def publish(self, job_id: str, events: Sequence[JobEvent]) -> None:
+        for subscription in self._subscribers.get(job_id, ()):
+            for event in events:
+                subscription.deliver(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription()
+        self._subscribers[job_id].add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers = self._subscribers[job_id]
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[job_id]
+
+    async def request_cancel(self, job_id: str) -> None:
+        for handler in self._cancel_handlers:
+            handler(job_id)
+
+    def on_cancel_request(self, handler: CancelHandler) -> None:
+        self._cancel_handlers.append(handler)

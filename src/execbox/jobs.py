@@ -1,0 +1,279 @@
+"""Jobs: the lifecycle state machine, and the service that moves jobs through it.
+
+    queued ──► running ──► completed | failed | cancelled
+      │           │
+      │           └──► queued   (re-queued: server restart or shutdown mid-run)
+      └──► cancelled | failed
+
+Every transition is written to the store (with its events, in one transaction)
+before it is published on the bus, so whoever hears of it can read it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from execbox.events import EventBus, Lagged, Subscription
+from execbox.models import ErrorInfo, ExecutionRequest, ExecutionResult, LanguageRef, Status
+from execbox.queue import JobQueue
+from execbox.store import TERMINAL, EventKind, Job, JobEvent, JobStore, utcnow
+from execbox.store.schema import jobs as jobs_table
+
+log = structlog.get_logger(__name__)
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.FAILED}),
+    Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.QUEUED}),
+    Status.COMPLETED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, job_id: str, current: Status, target: Status) -> None:
+        super().__init__(f"job {job_id} is {current.value}; it cannot become {target.value}")
+        self.current = current
+        self.target = target
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def sources_of(target: Status) -> frozenset[Status]:
+    """The statuses a job may reach ``target`` from."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+def new_job_id() -> str:
+    """32 hex digits: microseconds since the epoch, then randomness. Sorting ids sorts
+    jobs by creation, which makes the id the list order and the pagination cursor."""
+    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(9)}"
+
+
+def to_result(job: Job) -> ExecutionResult:
+    outcome = job.outcome or {}
+    return ExecutionResult(
+        id=job.id,
+        status=job.status,
+        language=LanguageRef(name=job.language, version=job.language_version),
+        verdict=job.verdict,
+        compile=outcome.get("compile"),
+        run=outcome.get("run"),
+        tests=outcome.get("tests"),
+        error=(
+            ErrorInfo(message=job.error_message or "", debug_id=job.error_debug_id)
+            if job.error_debug_id
+            else None
+        ),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def _status_event(status: Status, **detail: Any) -> JobEvent:
+    return JobEvent(EventKind.STATUS, {"status": status.value, **detail})
+
+
+class JobService:
+    def __init__(self, store: JobStore, bus: EventBus, queue: JobQueue) -> None:
+        self.store = store
+        self.bus = bus
+        self.queue = queue
+
+    # -- reading -------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        job = await self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    # -- transitions -----------------------------------------------------------
+
+    async def _transition(
+        self,
+        job_id: str,
+        target: Status,
+        events: Sequence[JobEvent] = (),
+        *,
+        allowed_from: Iterable[Status] | None = None,
+        **values: Any,
+    ) -> Job:
+        """Persists, then publishes. ``allowed_from`` narrows the legal sources."""
+        expected = sources_of(target) & frozenset(allowed_from or sources_of(target))
+        finished = target in TERMINAL
+        now = utcnow()
+        if finished:
+            values.setdefault("finished_at", now)
+        events = [*events, _status_event(target, **_reason(values))]
+        if finished:
+            events.append(JobEvent(EventKind.RESULT, at=now))
+        changed = await self.store.transition(
+            job_id, expected=expected, status=target, events=events, **values
+        )
+        if changed is None:
+            current = await self.get(job_id)
+            raise IllegalTransition(job_id, current.status, target)
+        job, published = changed
+        if finished:
+            # The result event is stored empty (the job row is the result); live
+            # listeners get it whole so they need not read it back.
+            result = to_result(job).model_dump(mode="json")
+            published = [
+                *published[:-1],
+                JobEvent(EventKind.RESULT, result, now, published[-1].seq),
+            ]
+        await self.bus.publish(job_id, published)
+        return job
+
+    async def submit(
+        self, request: ExecutionRequest, language: LanguageRef, job_id: str | None = None
+    ) -> Job:
+        """Persists a new queued job, then queues it. Raises QueueFull first if full."""
+        await self.queue.check_capacity()
+        job = Job(
+            id=job_id or new_job_id(),
+            status=Status.QUEUED,
+            language=language.name,
+            language_version=language.version,
+            request=request,
+            created_at=utcnow(),
+        )
+        events = await self.store.create(job, [_status_event(Status.QUEUED)])
+        await self.bus.publish(job.id, events)
+        await self.queue.put(job.id)
+        return job
+
+    async def claim(self, job_id: str) -> Job | None:
+        """queued → running, for the worker that took the job; None when the job is
+        no longer queued (cancelled meanwhile, or taken by another worker)."""
+        try:
+            return await self._transition(
+                job_id, Status.RUNNING, started_at=utcnow(), attempts=jobs_table.c.attempts + 1
+            )
+        except (IllegalTransition, JobNotFound):
+            return None
+
+    async def record(self, job_id: str, events: Sequence[JobEvent]) -> None:
+        """Adds stage and output events of a running job."""
+        await self.bus.publish(job_id, await self.store.append(job_id, events))
+
+    async def complete(
+        self, job_id: str, result: ExecutionResult, events: Sequence[JobEvent] = ()
+    ) -> Job:
+        return await self._transition(
+            job_id,
+            Status.COMPLETED,
+            events,
+            verdict=result.verdict.value if result.verdict else None,
+            language_version=result.language.version,
+            outcome=result.model_dump(
+                mode="json", include={"compile", "run", "tests"}, exclude_none=True
+            ),
+        )
+
+    async def fail(
+        self, job_id: str, message: str, debug_id: str, events: Sequence[JobEvent] = ()
+    ) -> Job:
+        error = JobEvent(EventKind.ERROR, {"message": message, "debug_id": debug_id})
+        return await self._transition(
+            job_id,
+            Status.FAILED,
+            [*events, error],
+            error_message=message,
+            error_debug_id=debug_id,
+        )
+
+    async def cancelled(self, job_id: str, events: Sequence[JobEvent] = ()) -> Job:
+        """running → cancelled, by the worker that stopped the job."""
+        return await self._transition(
+            job_id, Status.CANCELLED, events, allowed_from={Status.RUNNING}
+        )
+
+    async def requeue(self, job_id: str, reason: str, events: Sequence[JobEvent] = ()) -> Job:
+        job = await self._transition(job_id, Status.QUEUED, events, started_at=None, reason=reason)
+        await self.queue.put(job_id)
+        return job
+
+    # -- for callers -------------------------------------------------------------
+
+    async def cancel(self, job_id: str, timeout_s: float = 10) -> ExecutionResult:
+        """Cancels a queued job at once; asks the worker of a running one to kill it
+        and waits (up to ``timeout_s``) until it has. Idempotent."""
+        async with self.bus.subscribe(job_id) as subscription:
+            job = await self.get(job_id)
+            if job.status == Status.QUEUED:
+                with contextlib.suppress(IllegalTransition):
+                    job = await self._transition(
+                        job_id, Status.CANCELLED, allowed_from={Status.QUEUED}
+                    )
+                    return to_result(job)
+                job = await self.get(job_id)  # a worker took it meanwhile
+            if job.status == Status.CANCELLED:
+                return to_result(job)
+            if job.status != Status.RUNNING:
+                raise IllegalTransition(job_id, job.status, Status.CANCELLED)
+            await self.bus.request_cancel(job_id)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await self.wait(job_id, subscription)
+            except TimeoutError:
+                return to_result(await self.get(job_id))
+
+    async def wait(self, job_id: str, subscription: Subscription) -> ExecutionResult:
+        """The job's result once it is finished. The subscription must have begun before
+        the job could finish: before submitting it, or before reading its status."""
+        while True:
+            try:
+                async for event in subscription:
+                    if event.kind == EventKind.RESULT and event.data is not None:
+                        return ExecutionResult.model_validate(event.data)
+            except Lagged:
+                job = await self.get(job_id)
+                if job.status in TERMINAL:
+                    return to_result(job)
+
+    # -- housekeeping ------------------------------------------------------------
+
+    async def recover(self, max_attempts: int) -> int:
+        """After a restart of the embedded mode: jobs left running are re-queued (or
+        failed once they were started ``max_attempts`` times), and every queued job
+        goes back into the queue, which lived in memory. Returns how many."""
+        for job_id in await self.store.ids(Status.RUNNING):
+            job = await self.get(job_id)
+            if job.attempts >= max_attempts:
+                debug_id = secrets.token_hex(6)
+                message = (
+                    f"the server stopped {job.attempts} times while running this job; "
+                    "it was given up"
+                )
+                log.error("job abandoned", job_id=job_id, debug_id=debug_id, reason=message)
+                await self.fail(job_id, message, debug_id)
+            else:
+                await self._transition(
+                    job_id, Status.QUEUED, started_at=None, reason="the server restarted"
+                )
+        queued = await self.store.ids(Status.QUEUED)
+        for job_id in queued:
+            await self.queue.put(job_id)
+        return len(queued)
+
+    async def prune(self, retention: timedelta) -> int:
+        return await self.store.prune(utcnow() - retention)
+
+
+def _reason(values: dict[str, Any]) -> dict[str, Any]:
+    """Moves a ``reason`` for the activity log out of the column values."""
+    reason = values.pop("reason", None)
+    return {"reason": reason} if reason else {}

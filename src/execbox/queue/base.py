@@ -1,0 +1,37 @@
+"""What the API and the workers need of a queue of job ids."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class QueueFull(Exception):
+    def __init__(self, depth: int, retry_after_s: int) -> None:
+        super().__init__(f"the queue is full ({depth} jobs waiting)")
+        self.retry_after_s = retry_after_s
+
+
+class JobQueue(ABC):
+    """Job ids waiting for a worker. The job itself lives in the store."""
+
+    @abstractmethod
+    async def check_capacity(self) -> None:
+        """Raises QueueFull when no more jobs should be accepted. Called before a job is
+        persisted, so a refused request leaves nothing behind."""
+
+    @abstractmethod
+    async def put(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    async def get(self) -> str:
+        """The next job id, waiting for one."""
+
+    @abstractmethod
+    async def depth(self) -> int: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raises when the queue cannot take or hand out jobs."""
+
+    async def close(self) -> None:
+        return None
