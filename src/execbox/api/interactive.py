@@ -1,0 +1,324 @@
+"""``WS /v1/executions/interactive``: a job whose stdin is the WebSocket.
+
+The first client message is an execution request (the body of POST /v1/executions).
+The server answers with messages as things happen:
+
+- ``{type: "status", status, id, stage?}``: the job was created and started, then
+  each stage (``compiling``, ``running``) as it begins;
+- ``{type: "stdout"|"stderr", data, dropped?}``: output as the program writes it;
+- ``{type: "result", ...}``: the execution result, the last message;
+- ``{type: "error", status, title, detail, ...}``: problem JSON (a bad request, no
+  API key, too many sessions), after which the server closes with code 4000 + status.
+
+The client may send ``{type: "stdin", data}``, ``{type: "close_stdin"}`` and
+``{type: "kill"}``. A kill, a client that disconnects, and ``POST
+/v1/executions/{id}/cancel`` all kill the sandbox at once; the job ends cancelled.
+
+The job is persisted like any other (status, stage and output events in its log,
+its result), so GET, SSE and the activity log work on it too. It runs in this
+process rather than through the queue: its stdin is this connection, which no
+worker elsewhere could read.
+
+Slow clients: live output waits in a buffer of at most ``OUTBOX_BYTES``. Beyond
+that, chunks are dropped from the live stream, never queued without bound and never
+blocking the program's pipes; the next output message says how many bytes were
+``dropped``. Nothing is lost for good: the result (and the job's record) carry the
+whole output, which the sandbox caps at ``limits.output_kb`` anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import ValidationError
+
+from execbox.api.deps import require_api_key
+from execbox.api.problems import ProblemError
+from execbox.jobs import new_job_id, to_result
+from execbox.logging import internal_error
+from execbox.models import ExecutionRequest, Status
+from execbox.runner import InvalidRequest, RunnerEvent
+from execbox.services import Services
+from execbox.store import EventKind, Job, JobEvent, utcnow
+from execbox.worker import EventLog
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter()
+
+OUTBOX_BYTES = 1 << 20
+# Interactive runs wait on people, so they do not take worker slots; this caps them.
+SESSIONS_PER_WORKER = 4
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class _Outbox:
+    """Messages for the client. Output counts against ``limit`` bytes until sent."""
+
+    limit: int = OUTBOX_BYTES
+    _queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    _pending: int = 0
+    _dropped: int = 0
+    _decoders: dict[str, codecs.IncrementalDecoder] = field(default_factory=dict)
+
+    def put(self, message: dict[str, Any]) -> None:
+        self._queue.put_nowait(message)
+
+    def output(self, stream: str, data: bytes) -> None:
+        if self._pending + len(data) > self.limit:
+            self._dropped += len(data)
+            return
+        # Live output is for display: bytes that are not UTF-8 show as U+FFFD here;
+        # the result keeps them exact (stdout_base64).
+        decoder = self._decoders.setdefault(
+            stream, codecs.getincrementaldecoder("utf-8")(errors="replace")
+        )
+        text = decoder.decode(data)
+        if not text:
+            return
+        message: dict[str, Any] = {"type": stream, "data": text, "_bytes": len(data)}
+        if self._dropped:
+            message["dropped"], self._dropped = self._dropped, 0
+        self._pending += len(data)
+        self.put(message)
+
+    async def get(self) -> dict[str, Any]:
+        message = await self._queue.get()
+        self._pending -= message.pop("_bytes", 0)
+        return message
+
+
+class _Sessions:
+    """The interactive runs of this process, so that a cancel request reaches them."""
+
+    def __init__(self, services: Services) -> None:
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.limit = services.settings.workers * SESSIONS_PER_WORKER
+        services.bus.on_cancel_request(self._on_cancel)
+
+    def _on_cancel(self, job_id: str) -> None:
+        task = self.running.get(job_id)
+        if task is not None:
+            task.cancel()
+
+
+def _sessions(websocket: WebSocket) -> _Sessions:
+    state = websocket.app.state
+    if getattr(state, "interactive_sessions", None) is None:
+        state.interactive_sessions = _Sessions(state.services)
+    sessions: _Sessions = state.interactive_sessions
+    return sessions
+
+
+async def _authorize(websocket: WebSocket, services: Services) -> None:
+    """The HTTP API's key check. Browsers cannot set headers on a WebSocket, so the
+    key may also come as the ``api_key`` query parameter."""
+    authorization = websocket.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    bearer = (
+        HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+        if scheme.lower() == "bearer" and token
+        else None
+    )
+    api_key = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
+    try:
+        await require_api_key(services.settings, bearer, api_key)
+    except ProblemError as exc:
+        raise _Refused(exc.status, exc.detail) from exc
+
+
+async def _read_request(websocket: WebSocket, services: Services) -> ExecutionRequest:
+    text = await websocket.receive_text()
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise _Refused(413, f"the request is larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        request = ExecutionRequest.model_validate_json(text)
+        services.runner.check(request)
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+        raise _Refused(422, detail) from exc
+    except InvalidRequest as exc:
+        raise _Refused(422, str(exc)) from exc
+    if request.callback_url is not None:
+        raise _Refused(422, "callback_url is not available for interactive runs")
+    return request
+
+
+async def _refuse(websocket: WebSocket, refused: _Refused) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await websocket.send_json(_error(refused.status, refused.detail))
+        await websocket.close(4000 + refused.status, refused.detail[:120])
+
+
+@router.websocket("/v1/executions/interactive")
+async def interactive(websocket: WebSocket) -> None:
+    services: Services = websocket.app.state.services
+    sessions = _sessions(websocket)
+    await websocket.accept()
+    try:
+        await _authorize(websocket, services)
+        request = await _read_request(websocket, services)
+        if len(sessions.running) >= sessions.limit:
+            raise _Refused(429, f"{sessions.limit} interactive runs are going on; try later")
+    except _Refused as refused:
+        await _refuse(websocket, refused)
+        return
+    except WebSocketDisconnect:
+        return
+    await _Session(websocket, services, sessions, request).serve()
+
+
+class _Session:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        services: Services,
+        sessions: _Sessions,
+        request: ExecutionRequest,
+    ) -> None:
+        self.websocket = websocket
+        self.services = services
+        self.sessions = sessions
+        self.request = request
+        self.outbox = _Outbox()
+        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.job_id = new_job_id()
+
+    async def serve(self) -> None:
+        run = asyncio.create_task(self._run())
+        self.sessions.running[self.job_id] = run
+        sender = asyncio.create_task(self._send())
+        receiver = asyncio.create_task(self._receive(run))
+        try:
+            # The run ends with the result in the outbox; the sender ends once it
+            # sent it, or when the client is gone.
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not run.done():
+                run.cancel()  # the client is gone: kill the program
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run  # record the job's end before the handler returns
+            sender.cancel()
+            self.sessions.running.pop(self.job_id, None)
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await self.websocket.close()
+
+    async def _send(self) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                message = await self.outbox.get()
+                await self.websocket.send_json(message)
+                if message["type"] == "result":
+                    return
+
+    async def _receive(self, run: asyncio.Task[None]) -> None:
+        """Client messages until it disconnects; a kill cancels the run."""
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                try:
+                    message = json.loads(await self.websocket.receive_text())
+                    kind = message["type"]
+                except (ValueError, KeyError, TypeError):
+                    self.outbox.put(_error(400, "messages are JSON objects with a `type`"))
+                    continue
+                if kind == "stdin" and isinstance(message.get("data"), str):
+                    self.stdin.put_nowait(message["data"].encode())
+                elif kind == "close_stdin":
+                    self.stdin.put_nowait(None)
+                elif kind == "kill":
+                    run.cancel()
+                else:
+                    self.outbox.put(_error(400, f"unknown message {kind!r}: expected stdin, "
+                                               "close_stdin or kill"))  # fmt: skip
+
+    async def _program_stdin(self) -> AsyncIterator[bytes]:
+        if self.request.stdin:
+            yield self.request.stdin.encode()
+        while (data := await self.stdin.get()) is not None:
+            yield data
+
+    def _on_event(self, events: EventLog, event: RunnerEvent) -> None:
+        events.add(event)
+        if event.kind == "stage":
+            self.outbox.put({"type": "status", "status": "running", "stage": event.stage})
+        else:
+            self.outbox.output(event.kind, event.data)
+
+    async def _start(self) -> Job:
+        jobs = self.services.jobs
+        language = self.services.language_ref(self.request.language)
+        job = Job(
+            id=self.job_id,
+            status=Status.QUEUED,
+            language=language.name,
+            language_version=language.version,
+            request=self.request,
+            created_at=utcnow(),
+        )
+        created = await jobs.store.create(
+            job, [JobEvent(EventKind.STATUS, {"status": "queued", "reason": "interactive"})]
+        )
+        await jobs.bus.publish(job.id, created)
+        claimed = await jobs.claim(job.id)
+        assert claimed is not None  # nobody else knows of this job yet
+        return claimed
+
+    async def _run(self) -> None:
+        jobs = self.services.jobs
+        metrics = self.services.metrics
+        job = await self._start()
+        self.outbox.put({"type": "status", "status": "running", "id": job.id})
+        metrics.record_started(job)
+        events = EventLog(jobs, job.id)
+        execution = self.services.runner.execute(
+            self.request,
+            on_event=lambda event: self._on_event(events, event),
+            stdin=self._program_stdin(),
+        )
+        try:
+            result = await execution
+        except asyncio.CancelledError:
+            # Killed (by the client, its disconnect or a cancel request): shielded,
+            # so that the job is recorded as cancelled even as this task is cancelled.
+            job = await asyncio.shield(jobs.cancelled(job.id, await events.close()))
+        except Exception:
+            debug_id = internal_error("interactive run failed", job_id=job.id)
+            message = "execbox failed to run this job (an internal error)"
+            job = await jobs.fail(job.id, message, debug_id, await events.close())
+        else:
+            job = await jobs.complete(job.id, result, await events.close())
+        finally:
+            metrics.record_finished()
+        final = to_result(job)
+        metrics.record_result(final)
+        self.outbox.put({"type": "result", **final.model_dump(mode="json")})
+
+
+def _error(status: int, detail: str) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "status": status,
+        "title": HTTPStatus(status).phrase,
+        "detail": detail,
+    }
