@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from execbox.api import executions, system
+from execbox import playground
+from execbox.api import executions, interactive, system
 from execbox.api.middleware import BodyLimit, RequestContext
 from execbox.api.problems import install_problem_handlers, use_problem_media_type
 from execbox.config import Settings
@@ -36,6 +37,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(executions.router)
     app.include_router(system.router)
+    app.include_router(interactive.router)
+    app.include_router(playground.router)
+    app.mount("/playground", playground.static_files(), name="playground")
     install_problem_handlers(app)
     # Outermost last: CORS answers preflights before anything else runs.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb << 10)
