@@ -265,3 +265,36 @@ def bench(
     print_report(report, Console())
     if as_json:
         print(json.dumps(report))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    allow_insecure: Annotated[
+        bool,
+        typer.Option(
+            help="Listen beyond loopback without API keys (only behind an authenticating proxy)"
+        ),
+    ] = False,
+) -> None:
+    """Start the HTTP service: API, queue and workers in one process (SQLite by default).
+
+    Set EXECBOX_API_KEYS to require keys, EXECBOX_DATABASE_URL for PostgreSQL.
+    The playground is at http://HOST:PORT/ and the API docs at /docs.
+    """
+    from execbox.api.cli import serve as serve_api
+
+    serve_api(host, port, allow_insecure=allow_insecure)
+
+
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the database migrations (serve applies them on start too)."""
+    from execbox.api.cli import db_upgrade as upgrade
+
+    upgrade()

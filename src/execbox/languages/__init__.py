@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from execbox.models import Limits
 
-VERSION_RE = re.compile(r"(\d+\.\d+(?:\.\d+)?(?:[-+~.\w]*)?)")
+VERSION_RE = re.compile(r"(\d+\.\d+(?:\.\d+)?)")
 SELFTEST_STDIN = "execbox\n"
 SELFTEST_EXPECTED = "hello, execbox"
 
