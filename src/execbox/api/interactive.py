@@ -5,7 +5,7 @@ The server answers with messages as things happen:
 
 - ``{type: "status", status, id, stage?}``: the job was created and started, then
   each stage (``compiling``, ``running``) as it begins;
-- ``{type: "stdout"|"stderr", data, dropped?}``: output as the program writes it;
+- ``{type: "stdout"|"stderr", stage, data, dropped?}``: output as the program writes it;
 - ``{type: "result", ...}``: the execution result, the last message;
 - ``{type: "error", status, title, detail, ...}``: problem JSON (a bad request, no
   API key, too many sessions), after which the server closes with code 4000 + status.
@@ -82,7 +82,7 @@ class _Outbox:
     def put(self, message: dict[str, Any]) -> None:
         self._queue.put_nowait(message)
 
-    def output(self, stream: str, data: bytes) -> None:
+    def output(self, stream: str, stage: str, data: bytes) -> None:
         if self._pending + len(data) > self.limit:
             self._dropped += len(data)
             return
@@ -94,7 +94,8 @@ class _Outbox:
         text = decoder.decode(data)
         if not text:
             return
-        message: dict[str, Any] = {"type": stream, "data": text, "_bytes": len(data)}
+        message: dict[str, Any] = {"type": stream, "stage": stage, "data": text}
+        message["_bytes"] = len(data)
         if self._dropped:
             message["dropped"], self._dropped = self._dropped, 0
         self._pending += len(data)
@@ -263,7 +264,7 @@ class _Session:
         if event.kind == "stage":
             self.outbox.put({"type": "status", "status": "running", "stage": event.stage})
         else:
-            self.outbox.output(event.kind, event.data)
+            self.outbox.output(event.kind, event.stage, event.data)
 
     async def _start(self) -> Job:
         jobs = self.services.jobs
