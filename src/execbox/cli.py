@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from execbox.client import ExecboxError
+from execbox.client.remote import run_remote
 from execbox.config import get_settings
 from execbox.languages import Languages
 from execbox.models import ExecutionRequest, ExecutionResult, Limits, SourceFile, Verdict
@@ -48,7 +50,7 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     except SandboxError as exc:
         raise _fail(str(exc)) from exc
-    except InvalidRequest as exc:
+    except (InvalidRequest, ExecboxError) as exc:
         raise _fail(str(exc)) from exc
 
 
@@ -97,8 +99,13 @@ def run(
     wall_time: Annotated[float | None, typer.Option(help="Wall time limit, seconds")] = None,
     memory: Annotated[int | None, typer.Option(help="Memory limit, MiB")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(envvar="EXECBOX_SERVER", help="Run on this execbox server (URL) instead"),
+    ] = None,
 ) -> None:
-    """Run a program locally in the sandbox (no server needed; run as root).
+    """Run a program locally in the sandbox (no server needed; run as root), or on
+    an execbox server with --server (API key from EXECBOX_API_KEY).
 
     Output appears as the program writes it and the exit status follows the
     program's. With no --stdin/--stdin-file, a pipe on stdin is passed through
@@ -142,9 +149,13 @@ def run(
         stream.flush()
 
     async def go() -> ExecutionResult:
+        live = _terminal_stdin() if stdin_bytes is None and sys.stdin.isatty() else None
+        if server:
+            return await run_remote(
+                server, request, stdin=live, on_output=lambda s, d: show(RunnerEvent(s, "run", d))
+            )
         runner = await Runner.create(get_settings().model_copy(update={"warm_pool_size": 0}))
         try:
-            live = _terminal_stdin() if stdin_bytes is None and sys.stdin.isatty() else None
             return await runner.execute(request, on_event=show, stdin=live)
         finally:
             await runner.close()
