@@ -131,7 +131,8 @@ class RunCgroup(ABC):
 
 class V1RunCgroup(RunCgroup):
     def __init__(self, dirs: dict[str, Path]) -> None:
-        super().__init__(list(dirs.values()))
+        # Controllers mounted together (cpu,cpuacct on systemd hosts) share one directory.
+        super().__init__(list(dict.fromkeys(dirs.values())))
         self.by_controller = dirs
         self._memory = dirs["memory"]
 
@@ -262,7 +263,7 @@ class V1Manager(CgroupManager):
 
     def create(self, name: str) -> RunCgroup:
         dirs = {c: p / name for c, p in self.parents.items()}
-        for d in dirs.values():
+        for d in dict.fromkeys(dirs.values()):  # once per hierarchy (cpu,cpuacct share one)
             d.mkdir()
         return V1RunCgroup(dirs)
 
