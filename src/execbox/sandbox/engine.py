@@ -222,6 +222,9 @@ class Sandbox:
             workspace = self._new_workspace(1)
             try:
                 self._warm.append(await self._start_box(workspace))
+            except asyncio.CancelledError:  # close() while a box was starting
+                workspace.destroy()
+                raise
             except Exception:
                 workspace.destroy()
                 log.exception("warm_pool_fill_failed")
