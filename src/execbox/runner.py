@@ -37,6 +37,9 @@ from execbox.sandbox import (
 from execbox.sandbox.workspace import split_path
 
 MAX_SOURCE_BYTES = 8 << 20
+# argv + environment of one program: above this execve fails anyway (E2BIG), and far above
+# it the sandbox cannot even take the command (execbox-init reads at most 4 MiB).
+MAX_ARGS_ENV_BYTES = 1 << 20
 
 
 class InvalidRequest(ValueError):
@@ -231,6 +234,13 @@ class Runner:
             files.append(("/".join(parts), data))
         if total > MAX_SOURCE_BYTES:
             raise InvalidRequest(f"sources total {total} bytes; at most {MAX_SOURCE_BYTES}")
+        arg_bytes = sum(len(a.encode()) + 1 for a in request.args) + sum(
+            len(k.encode()) + len(v.encode()) + 2 for k, v in request.env.items()
+        )
+        if arg_bytes > MAX_ARGS_ENV_BYTES:
+            raise InvalidRequest(
+                f"args and env total {arg_bytes} bytes; at most {MAX_ARGS_ENV_BYTES}"
+            )
         if len({p for p, _ in files}) != len(files):
             raise InvalidRequest("two files have the same path")
         return Plan(
