@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import time
@@ -75,7 +76,8 @@ def encode_command(cmd: Command, limits: SandboxLimits) -> bytes:
         if "\0" in part:
             raise SandboxError("argv, env and cwd may not contain NUL bytes")
     stack = limits.stack_bytes or min(limits.memory_bytes, 1 << 30)
-    cpu_rlimit = int(limits.cpu_time_s) + 2  # backstop only: the cgroup watchdog is exact
+    # Backstop only: the cgroup watchdog is exact. 0 (no limit) for commands without one.
+    cpu_rlimit = int(limits.cpu_time_s) + 2 if math.isfinite(limits.cpu_time_s) else 0
     header = (
         f"execbox1 {len(cmd.argv)} {len(cmd.env)} {cpu_rlimit} "
         f"{limits.file_size_bytes} {limits.open_files} {stack}\n"
@@ -272,7 +274,7 @@ class Box:
             for task in (*helpers, *pumps):
                 task.cancel()
         host_wall = time.monotonic() - started
-        return self._result(status_line, stats, limits, out, err, killed_for, host_wall)
+        return make_result(status_line, stats, limits, out, err, killed_for, host_wall)
 
     def _send(self, payload: bytes) -> None:
         try:
@@ -284,70 +286,6 @@ class Box:
         finally:
             os.close(self._cmd_fd)
             self._cmd_fd = -1
-
-    def _result(
-        self,
-        status_line: bytes,
-        stats: CgroupStats,
-        limits: SandboxLimits,
-        out: _Capped,
-        err: _Capped,
-        killed_for: list[Verdict],
-        host_wall: float,
-    ) -> SandboxResult:
-        fields = status_line.split()
-        exit_code: int | None = None
-        sig: int | None = None
-        wall = host_wall
-        message = None
-        if len(fields) == 6 and fields[0] == b"exit":
-            code = os.waitstatus_to_exitcode(int(fields[1]))
-            exit_code, sig = (code, None) if code >= 0 else (None, -code)
-            wall = int(fields[2]) / 1e6
-        elif killed_for:
-            sig = signal.SIGKILL
-        elif status_line.startswith(b"error"):
-            message = status_line.decode(errors="replace").strip()
-        cpu = stats.cpu_ns / 1e9
-        if stats.oom_kills:
-            verdict, message = Verdict.MEMORY_LIMIT, "killed: out of memory"
-        elif killed_for:
-            verdict = killed_for[0]
-            message = {
-                Verdict.TIME_LIMIT: (
-                    f"killed: CPU time limit of {limits.cpu_time_s:g}s"
-                    if cpu >= limits.cpu_time_s
-                    else f"killed: wall time limit of {limits.wall_time_s:g}s"
-                ),
-                Verdict.OUTPUT_LIMIT: f"killed: output passed {limits.output_bytes} bytes",
-            }.get(verdict)
-        elif sig == signal.SIGXCPU or cpu > limits.cpu_time_s:
-            verdict, message = Verdict.TIME_LIMIT, f"CPU time limit of {limits.cpu_time_s:g}s"
-        elif sig == signal.SIGXFSZ:
-            verdict = Verdict.OUTPUT_LIMIT
-            message = f"file size limit of {limits.file_size_bytes} bytes"
-        elif exit_code is None and sig is None:
-            verdict = Verdict.INTERNAL_ERROR
-            message = message or "the sandbox ended without reporting the program's status"
-        elif exit_code == 0:
-            verdict = Verdict.OK
-        else:
-            verdict = Verdict.RUNTIME_ERROR
-            if sig is not None:
-                message = f"killed by signal {sig} ({signal.Signals(sig).name})"
-        return SandboxResult(
-            verdict=verdict,
-            exit_code=exit_code,
-            signal=sig,
-            stdout=out.value(),
-            stderr=err.value(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            wall_time_s=wall,
-            cpu_time_s=cpu,
-            memory_bytes=stats.memory_peak_bytes,
-            message=message,
-        )
 
     def kill(self) -> None:
         """Kills every process of this box at once (the cgroup and bwrap)."""
@@ -362,3 +300,69 @@ class Box:
         self.kill()
         await self.proc.exited
         await self.cgroup.remove_async()
+
+
+def make_result(
+    status_line: bytes,
+    stats: CgroupStats,
+    limits: SandboxLimits,
+    out: _Capped,
+    err: _Capped,
+    killed_for: list[Verdict],
+    host_wall: float,
+) -> SandboxResult:
+    """The result of a command from init's status line ("exit STATUS WALL_US ...") and
+    the host's own observations (cgroup stats, why the host killed it)."""
+    fields = status_line.split()
+    exit_code: int | None = None
+    sig: int | None = None
+    wall = host_wall
+    message = None
+    if len(fields) == 6 and fields[0] == b"exit":
+        code = os.waitstatus_to_exitcode(int(fields[1]))
+        exit_code, sig = (code, None) if code >= 0 else (None, -code)
+        wall = int(fields[2]) / 1e6
+    elif killed_for:
+        sig = signal.SIGKILL
+    elif status_line.startswith(b"error"):
+        message = status_line.decode(errors="replace").strip()
+    cpu = stats.cpu_ns / 1e9
+    if stats.oom_kills:
+        verdict, message = Verdict.MEMORY_LIMIT, "killed: out of memory"
+    elif killed_for:
+        verdict = killed_for[0]
+        message = {
+            Verdict.TIME_LIMIT: (
+                f"killed: CPU time limit of {limits.cpu_time_s:g}s"
+                if cpu >= limits.cpu_time_s
+                else f"killed: wall time limit of {limits.wall_time_s:g}s"
+            ),
+            Verdict.OUTPUT_LIMIT: f"killed: output passed {limits.output_bytes} bytes",
+        }.get(verdict)
+    elif sig == signal.SIGXCPU or cpu > limits.cpu_time_s:
+        verdict, message = Verdict.TIME_LIMIT, f"CPU time limit of {limits.cpu_time_s:g}s"
+    elif sig == signal.SIGXFSZ:
+        verdict = Verdict.OUTPUT_LIMIT
+        message = f"file size limit of {limits.file_size_bytes} bytes"
+    elif exit_code is None and sig is None:
+        verdict = Verdict.INTERNAL_ERROR
+        message = message or "the sandbox ended without reporting the program's status"
+    elif exit_code == 0:
+        verdict = Verdict.OK
+    else:
+        verdict = Verdict.RUNTIME_ERROR
+        if sig is not None:
+            message = f"killed by signal {sig} ({signal.Signals(sig).name})"
+    return SandboxResult(
+        verdict=verdict,
+        exit_code=exit_code,
+        signal=sig,
+        stdout=out.value(),
+        stderr=err.value(),
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        wall_time_s=wall,
+        cpu_time_s=cpu,
+        memory_bytes=stats.memory_peak_bytes,
+        message=message,
+    )

@@ -78,6 +78,17 @@ def bwrap_argv(
     status_fd: int,
     stdio_fds: tuple[int, int, int],
 ) -> list[str]:
+    """bwrap running execbox-init's one-command role (see box.py)."""
+    return [
+        *bwrap_options(bwrap, view, workspace, network=network, seccomp_fd=seccomp_fd),
+        "--", INIT_PATH, "init", str(cmd_fd), str(status_fd), *map(str, stdio_fds),
+    ]  # fmt: skip
+
+
+def bwrap_options(
+    bwrap: str, view: FsView, workspace: Path, *, network: bool, seccomp_fd: int
+) -> list[str]:
+    """bwrap and its options, up to the command (execbox-init in one of its roles)."""
     args = [
         bwrap,
         "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
@@ -108,7 +119,5 @@ def bwrap_argv(
         "--remount-ro", "/",
         "--chdir", WORKDIR,
         "--seccomp", str(seccomp_fd),
-        "--",
-        INIT_PATH, "init", str(cmd_fd), str(status_fd), *map(str, stdio_fds),
     ]  # fmt: skip
     return args

@@ -1,5 +1,5 @@
 /*
- * execbox-init: the only native code in execbox. Two roles, chosen by argv[1].
+ * execbox-init: the only native code in execbox. Three roles, chosen by argv[1].
  *
  *   execbox-init enter UID GID PROCS_FILE... -- PROGRAM ARGS...
  *       Host side, started as root. Moves itself into the run's cgroups before
@@ -20,7 +20,19 @@
  *       program's processes hold the only write ends: the host sees EOF the moment
  *       the last of them is gone, without waiting for the namespaces to be torn down.
  *
- * Command format (written by execbox/sandbox/process.py, closed after writing):
+ *   execbox-init serve CONTROL_FD
+ *       PID 1 of a long-lived sandbox (sandbox/session.py): many commands share its
+ *       namespaces, so a server started by one is reachable by the next and by the
+ *       preview proxy. Commands arrive on CONTROL_FD, a SOCK_SEQPACKET socket, one
+ *       message each, with the program's stdin, stdout and stderr passed as
+ *       SCM_RIGHTS; each runs in its own process group, which is killed when its
+ *       leader ends or on request. Orphans are reaped; when the host closes the
+ *       socket, every process of the sandbox is killed.
+ *         host -> init: "run ID\n" COMMAND (+3 fds) | "kill ID\n"
+ *         init -> host: "ready\n" | "exit ID STATUS WALL_US UTIME_US STIME_US MAXRSS_KB\n"
+ *                       | "error ID MESSAGE\n"
+ *
+ * Command format (written by execbox/sandbox/box.py, closed after writing):
  *   "execbox1 ARGC ENVC CPU_S FSIZE NOFILE STACK\n" CWD \0 ARGV... \0 ENV... \0
  * Status lines:
  *   "ready\n"
@@ -29,6 +41,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -147,6 +163,65 @@ static long long micros(const struct timeval *tv) {
     return (long long)tv->tv_sec * 1000000LL + tv->tv_usec;
 }
 
+/* A parsed command request (see the format above); its strings point into the request. */
+struct command {
+    unsigned long long cpu_s, fsize, nofile, stack;
+    char *cwd;
+    char **args;
+    char **env;
+};
+
+/* Parses a command request in place; returns -1 when it is malformed. */
+static int parse_command(char *cmd, size_t len, struct command *c) {
+    char *end = cmd + len;
+    char *nl = memchr(cmd, '\n', len);
+    long argc_cmd = 0, envc = 0;
+    if (!nl || sscanf(cmd, "execbox1 %ld %ld %llu %llu %llu %llu", &argc_cmd, &envc, &c->cpu_s,
+                      &c->fsize, &c->nofile, &c->stack) != 6 ||
+        argc_cmd < 1 || argc_cmd > 65536 || envc < 0 || envc > 65536)
+        return -1;
+    c->args = calloc((size_t)argc_cmd + 1, sizeof(char *));
+    c->env = calloc((size_t)envc + 1, sizeof(char *));
+    c->cwd = nl + 1;
+    char *pos = memchr(c->cwd, '\0', (size_t)(end - c->cwd));
+    if (!c->args || !c->env || !pos || !(pos = take_strings(pos + 1, end, c->args, argc_cmd)) ||
+        !take_strings(pos, end, c->env, envc)) {
+        free(c->args);
+        free(c->env);
+        return -1;
+    }
+    return 0;
+}
+
+/* In the forked child: the program's stdio, limits, default signals, then exec. */
+static void exec_command(const struct command *c, const int stdio[3]) {
+    for (int k = 0; k < 3; k++) {
+        if (dup2(stdio[k], k) < 0) _exit(126); /* dup2 clears close-on-exec */
+    }
+    set_limit(RLIMIT_CORE, 0);
+    set_limit(RLIMIT_CPU, c->cpu_s);
+    set_limit(RLIMIT_FSIZE, c->fsize);
+    set_limit(RLIMIT_NOFILE, c->nofile);
+    set_limit(RLIMIT_STACK, c->stack);
+    /* PID 1 ignores default-action signals; the program must get normal ones. */
+    for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (chdir(c->cwd) < 0) {
+        dprintf(2, "execbox: cannot enter directory %s: %s\n", c->cwd, strerror(errno));
+        _exit(126);
+    }
+    environ = c->env;
+    execvp(c->args[0], c->args);
+    dprintf(2, "execbox: cannot run %s: %s\n", c->args[0], strerror(errno));
+    _exit(errno == ENOENT ? 127 : 126);
+}
+
+static long long elapsed_us(const struct timespec *t0, const struct timespec *t1) {
+    return (long long)(t1->tv_sec - t0->tv_sec) * 1000000LL + (t1->tv_nsec - t0->tv_nsec) / 1000;
+}
+
 static int init(int argc, char **argv) {
     if (argc != 7) return 125;
     int cmd_fd = atoi(argv[2]);
@@ -162,22 +237,8 @@ static int init(int argc, char **argv) {
     size_t len = 0;
     char *cmd = read_command(cmd_fd, &len);
     close(cmd_fd);
-    char *end = cmd ? cmd + len : NULL;
-    char *nl = cmd ? memchr(cmd, '\n', len) : NULL;
-    long argc_cmd = 0, envc = 0;
-    unsigned long long cpu_s = 0, fsize = 0, nofile = 0, stack = 0;
-    if (!nl || sscanf(cmd, "execbox1 %ld %ld %llu %llu %llu %llu", &argc_cmd, &envc, &cpu_s,
-                      &fsize, &nofile, &stack) != 6 ||
-        argc_cmd < 1 || argc_cmd > 65536 || envc < 0 || envc > 65536) {
-        dprintf(status_fd, "error malformed command\n");
-        return 125;
-    }
-    char **args = calloc((size_t)argc_cmd + 1, sizeof(char *));
-    char **env = calloc((size_t)envc + 1, sizeof(char *));
-    char *cwd = nl + 1;
-    char *pos = memchr(cwd, '\0', (size_t)(end - cwd));
-    if (!args || !env || !pos || !(pos = take_strings(pos + 1, end, args, argc_cmd)) ||
-        !take_strings(pos, end, env, envc)) {
+    struct command c;
+    if (!cmd || parse_command(cmd, len, &c) < 0) {
         dprintf(status_fd, "error malformed command\n");
         return 125;
     }
@@ -189,29 +250,7 @@ static int init(int argc, char **argv) {
         dprintf(status_fd, "error fork: %s\n", strerror(errno));
         return 125;
     }
-    if (child == 0) {
-        for (int k = 0; k < 3; k++) {
-            if (dup2(stdio[k], k) < 0) _exit(126); /* dup2 clears close-on-exec */
-        }
-        set_limit(RLIMIT_CORE, 0);
-        set_limit(RLIMIT_CPU, cpu_s);
-        set_limit(RLIMIT_FSIZE, fsize);
-        set_limit(RLIMIT_NOFILE, nofile);
-        set_limit(RLIMIT_STACK, stack);
-        /* PID 1 ignores default-action signals; the program must get normal ones. */
-        for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        if (chdir(cwd) < 0) {
-            dprintf(2, "execbox: cannot enter directory %s: %s\n", cwd, strerror(errno));
-            _exit(126);
-        }
-        environ = env;
-        execvp(args[0], args);
-        dprintf(2, "execbox: cannot run %s: %s\n", args[0], strerror(errno));
-        _exit(errno == ENOENT ? 127 : 126);
-    }
+    if (child == 0) exec_command(&c, stdio);
     /* The pipes' ends must close with the program, not with us. */
     for (int k = 0; k < 3; k++) close(stdio[k]);
 
@@ -237,16 +276,159 @@ static int init(int argc, char **argv) {
     kill(-1, SIGKILL);
     while (wait4(-1, NULL, 0, NULL) > 0 || errno == EINTR) {
     }
-    long long wall_us = (long long)(t1.tv_sec - t0.tv_sec) * 1000000LL +
-                        (t1.tv_nsec - t0.tv_nsec) / 1000;
-    dprintf(status_fd, "exit %d %lld %lld %lld %ld\n", status, wall_us, micros(&usage.ru_utime),
-            micros(&usage.ru_stime), usage.ru_maxrss);
+    dprintf(status_fd, "exit %d %lld %lld %lld %ld\n", status, elapsed_us(&t0, &t1),
+            micros(&usage.ru_utime), micros(&usage.ru_stime), usage.ru_maxrss);
+    return 0;
+}
+
+/* ---- serve: PID 1 of a long-lived sandbox -------------------------------------------- */
+
+#define MAX_JOBS 1024
+#define MAX_MESSAGE (256 << 10)
+
+struct job {
+    long id;
+    pid_t pid;
+    struct timespec t0;
+};
+
+static struct job jobs[MAX_JOBS];
+static int njobs;
+
+static void reply(int ctl, const char *fmt, ...) {
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n > 0) send(ctl, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1), MSG_NOSIGNAL);
+}
+
+/* Reaps every ended child; a command's end is reported and the rest of its group killed,
+ * so nothing it left behind holds its output pipes open. Orphans are reaped silently. */
+static void reap(int ctl) {
+    for (;;) {
+        struct rusage ru;
+        int st;
+        pid_t pid = wait4(-1, &st, WNOHANG, &ru);
+        if (pid <= 0) {
+            if (pid < 0 && errno == EINTR) continue;
+            return;
+        }
+        for (int k = 0; k < njobs; k++) {
+            if (jobs[k].pid != pid) continue;
+            struct timespec t1;
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            kill(-pid, SIGKILL);
+            reply(ctl, "exit %ld %d %lld %lld %lld %ld\n", jobs[k].id, st,
+                  elapsed_us(&jobs[k].t0, &t1), micros(&ru.ru_utime), micros(&ru.ru_stime),
+                  ru.ru_maxrss);
+            jobs[k] = jobs[--njobs];
+            break;
+        }
+    }
+}
+
+/* "run ID\n" + command request, with the program's stdin, stdout and stderr attached. */
+static void start_job(int ctl, long id, char *request, size_t len, const int *fds, int nfds) {
+    struct command c;
+    if (nfds != 3 || parse_command(request, len, &c) < 0) {
+        reply(ctl, "error %ld malformed command\n", id);
+        return;
+    }
+    if (njobs == MAX_JOBS) {
+        reply(ctl, "error %ld too many commands at once\n", id);
+    } else {
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        pid_t child = fork();
+        if (child == 0) {
+            /* Its own process group: a kill or timeout reaches everything it started. */
+            setpgid(0, 0);
+            exec_command(&c, fds);
+        }
+        if (child < 0) {
+            reply(ctl, "error %ld fork: %s\n", id, strerror(errno));
+        } else {
+            setpgid(child, child); /* also here, so a kill right after the start finds the group */
+            jobs[njobs++] = (struct job){.id = id, .pid = child, .t0 = t0};
+        }
+    }
+    free(c.args);
+    free(c.env);
+}
+
+static void kill_job(long id) {
+    for (int k = 0; k < njobs; k++) {
+        if (jobs[k].id == id) kill(-jobs[k].pid, SIGKILL);
+    }
+}
+
+static int serve(int argc, char **argv) {
+    if (argc != 3) return 125;
+    int ctl = atoi(argv[2]);
+    /* Only the control socket is ours to keep; whatever else came through bwrap would
+     * leak into every command. */
+    for (int fd = 3; fd < 1024; fd++) {
+        if (fd != ctl) close(fd);
+    }
+    fcntl(ctl, F_SETFD, FD_CLOEXEC);
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    char *buf = malloc(MAX_MESSAGE + 1);
+    if (sfd < 0 || !buf) return 125;
+    reply(ctl, "ready\n");
+    for (;;) {
+        struct pollfd pfd[2] = {{.fd = ctl, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (pfd[1].revents & POLLIN) {
+            struct signalfd_siginfo info;
+            while (read(sfd, &info, sizeof info) > 0) {
+            }
+            reap(ctl);
+        }
+        if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        char cbuf[CMSG_SPACE(3 * sizeof(int))];
+        struct iovec iov = {.iov_base = buf, .iov_len = MAX_MESSAGE};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                             .msg_controllen = sizeof cbuf};
+        ssize_t n = recvmsg(ctl, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break; /* the host is gone: so is the sandbox */
+        buf[n] = '\0';
+        int fds[3], nfds = 0;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+                nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                if (nfds > 3) nfds = 3;
+                memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
+            }
+        }
+        long id = 0;
+        char *nl = memchr(buf, '\n', (size_t)n);
+        if (nl && sscanf(buf, "run %ld", &id) == 1) {
+            start_job(ctl, id, nl + 1, (size_t)(buf + n - (nl + 1)), fds, nfds);
+        } else if (sscanf(buf, "kill %ld", &id) == 1) {
+            kill_job(id);
+        }
+        /* The program's ends now belong to its process only. */
+        for (int k = 0; k < nfds; k++) close(fds[k]);
+    }
+    kill(-1, SIGKILL);
     return 0;
 }
 
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "enter") == 0) return enter(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "init") == 0) return init(argc, argv);
-    fprintf(stderr, "execbox-init: internal helper of execbox; roles: enter, init\n");
+    if (argc >= 2 && strcmp(argv[1], "serve") == 0) return serve(argc, argv);
+    fprintf(stderr, "execbox-init: internal helper of execbox; roles: enter, init, serve\n");
     return 125;
 }

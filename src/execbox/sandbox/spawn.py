@@ -102,10 +102,7 @@ class Spawned:
         stdout = await _reader(loop, stdout_r)
         stderr = await _reader(loop, stderr_r)
         errors = await _reader(loop, errors_r)
-        transport, protocol = await loop.connect_write_pipe(
-            lambda: asyncio.streams.FlowControlMixin(loop=loop), os.fdopen(stdin_w, "wb", 0)
-        )
-        stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+        stdin = await write_pipe(stdin_w)
         return cls(pid, stdin, stdout, stderr, errors, exited)
 
     def kill(self) -> None:
@@ -125,3 +122,12 @@ async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamRea
 async def read_pipe(fd: int) -> asyncio.StreamReader:
     """An asyncio reader over a pipe fd of ours (taken over: closed with the reader)."""
     return await _reader(asyncio.get_running_loop(), fd)
+
+
+async def write_pipe(fd: int) -> asyncio.StreamWriter:
+    """An asyncio writer over a pipe fd of ours (taken over: closed with the writer)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.streams.FlowControlMixin(loop=loop), os.fdopen(fd, "wb", 0)
+    )
+    return asyncio.StreamWriter(transport, protocol, None, loop)

@@ -1,0 +1,394 @@
+"""A long-lived sandbox: one set of namespaces, one cgroup, one workspace, many commands.
+
+One-shot runs use a box per command (box.py). A persistent sandbox instead keeps
+execbox-init's ``serve`` role running as PID 1 (see init.c), so a server started
+by one command is reachable by the next and by the preview proxy. Each command
+gets its own stdio pipes, passed to init over a SOCK_SEQPACKET socket, and its
+own process group; the cgroup caps memory, pids and CPU of all of them together,
+and the tmpfs size caps their disk.
+
+    session = await open_session(sandbox, SessionLimits(...))
+    proc = await session.exec(Command(["/bin/sh", "-c", "echo hi"]), command_limits(30))
+    result = await proc.wait()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from execbox.models import Verdict
+from execbox.sandbox.box import (
+    KILL_GRACE_S,
+    PROGRAM_STDIO_FDS,
+    READ_CHUNK,
+    SECCOMP_FD,
+    START_TIMEOUT_S,
+    Command,
+    OutputCallback,
+    SandboxLimits,
+    SandboxResult,
+    _Capped,
+    encode_command,
+    make_result,
+)
+from execbox.sandbox.bwrap import INIT_PATH, bwrap_options
+from execbox.sandbox.cgroups import CgroupStats, RunCgroup
+from execbox.sandbox.engine import Sandbox, _owned_name
+from execbox.sandbox.errors import SandboxError
+from execbox.sandbox.spawn import Spawned, read_pipe, write_pipe
+from execbox.sandbox.workspace import Workspace
+
+CONTROL_FD = 3
+# A control message carries the whole command request; init reads at most 256 KiB.
+MAX_REQUEST = 128 << 10
+STACK_CAP = 256 << 20
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What all processes of a sandbox share."""
+
+    memory_bytes: int
+    processes: int
+    disk_mb: int
+    cpus: float | None = None
+
+
+def command_limits(
+    session: SessionLimits, timeout_s: float | None, output_bytes: int
+) -> SandboxLimits:
+    """Per-command limits: a wall timeout (none for servers) and an output cap; memory,
+    pids and CPU are the sandbox's, enforced by its cgroup."""
+    return SandboxLimits(
+        cpu_time_s=math.inf,  # CPU is shared out by the cgroup's CPU share instead
+        wall_time_s=math.inf if timeout_s is None else timeout_s,
+        memory_bytes=session.memory_bytes,
+        processes=session.processes,
+        output_bytes=output_bytes,
+        file_size_bytes=session.disk_mb << 20,
+        stack_bytes=min(session.memory_bytes, STACK_CAP),
+    )
+
+
+class Process:
+    """One command running in a session."""
+
+    def __init__(
+        self,
+        session: Session,
+        pid: int,
+        stdin: asyncio.StreamWriter,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+    ) -> None:
+        self.id = pid  # the session's number for it, not a process id
+        self.session = session
+        self.stdin = stdin
+        self._streams = (stdout, stderr)
+        self._status: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._killed_for: list[Verdict] = []
+        self._task: asyncio.Task[SandboxResult] | None = None
+
+    def _start(
+        self, limits: SandboxLimits, on_output: OutputCallback | None, capture: bool
+    ) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervise(limits, on_output, capture)
+        )
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def wait(self) -> SandboxResult:
+        assert self._task is not None
+        return await asyncio.shield(self._task)
+
+    async def write(self, data: bytes) -> None:
+        """Feeds the program's stdin; BrokenPipeError once it stopped reading."""
+        self.stdin.write(data)
+        await self.stdin.drain()
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.stdin.close()
+
+    def kill(self, reason: Verdict = Verdict.RUNTIME_ERROR) -> None:
+        """Kills the command's process group (what it started with it)."""
+        if not self._killed_for:
+            self._killed_for.append(reason)
+        if not self._status.done():
+            with contextlib.suppress(SandboxError):  # ended anyway
+                self.session._send(f"kill {self.id}\n".encode())
+
+    async def _supervise(
+        self, limits: SandboxLimits, on_output: OutputCallback | None, capture: bool
+    ) -> SandboxResult:
+        out = _Capped("stdout", limits.output_bytes if capture else 0, None)
+        err = _Capped("stderr", limits.output_bytes if capture else 0, None)
+
+        async def pump(reader: asyncio.StreamReader, sink: _Capped) -> None:
+            while chunk := await reader.read(READ_CHUNK):
+                if on_output is not None:
+                    on_output(sink.name, chunk)
+                if capture and not sink.add(chunk):
+                    self.kill(Verdict.OUTPUT_LIMIT)
+
+        oom_before = self.session.cgroup.stats().oom_kills
+        started = time.monotonic()
+        pumps = [
+            asyncio.create_task(pump(r, s)) for r, s in zip(self._streams, (out, err), strict=True)
+        ]
+        timeout = None if math.isinf(limits.wall_time_s) else limits.wall_time_s
+        try:
+            try:
+                line = await asyncio.wait_for(asyncio.shield(self._status), timeout)
+            except TimeoutError:
+                self.kill(Verdict.TIME_LIMIT)  # E2B #500: a timeout must end the process
+                line = await self._status
+            # The group was killed with its leader; what escaped it (setsid) must not
+            # hold the result back: its pipes are abandoned after a grace period.
+            try:
+                await asyncio.wait_for(asyncio.gather(*pumps), KILL_GRACE_S)
+            except TimeoutError:
+                await asyncio.gather(*(self._cancel(t) for t in pumps))
+        finally:
+            for task in pumps:
+                task.cancel()
+            self.close_stdin()
+        fields = line.split()
+        usage = [int(f) for f in fields[3:5]] if len(fields) == 6 else [0, 0]
+        stats = CgroupStats(
+            cpu_ns=sum(usage) * 1000,
+            memory_peak_bytes=int(fields[5]) * 1024 if len(fields) == 6 else 0,
+            oom_kills=self._oom_since(oom_before),
+        )
+        host_wall = time.monotonic() - started
+        return make_result(line, stats, limits, out, err, self._killed_for, host_wall)
+
+    def _oom_since(self, before: int) -> int:
+        try:
+            return self.session.cgroup.stats().oom_kills - before
+        except OSError:  # the sandbox is gone, and its cgroup with it
+            return 0
+
+    @staticmethod
+    async def _cancel(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class Session:
+    """A started long-lived sandbox."""
+
+    def __init__(
+        self,
+        proc: Spawned,
+        cgroup: RunCgroup,
+        workspace: Workspace,
+        control: socket.socket,
+        limits: SessionLimits,
+    ) -> None:
+        self.proc = proc
+        self.cgroup = cgroup
+        self.workspace = workspace
+        self.limits = limits
+        self._control = control
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running: dict[int, Process] = {}
+        self._ids = itertools.count(1)
+        self.ended = asyncio.Event()
+        self.netns_fd = -1  # the sandbox's network namespace, for the preview proxy
+        asyncio.get_running_loop().add_reader(control.fileno(), self._on_control)
+
+    @classmethod
+    async def start(
+        cls, sandbox: Sandbox, limits: SessionLimits, workspace: Workspace, cgroup: RunCgroup
+    ) -> Session:
+        cgroup.set_limits(limits.memory_bytes, limits.processes, limits.cpus)
+        host, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        host.setblocking(False)
+        seccomp_fd = os.open(sandbox.seccomp_file, os.O_RDONLY | os.O_CLOEXEC)
+        settings = sandbox.settings
+        argv = [
+            str(sandbox.view.init_binary), "enter",
+            str(settings.sandbox_uid), str(settings.sandbox_gid), *cgroup.procs_files, "--",
+            *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, network=False,
+                           seccomp_fd=SECCOMP_FD),
+            "--", INIT_PATH, "serve", str(CONTROL_FD),
+        ]  # fmt: skip
+        try:
+            # The stdio pipes Spawned makes are unused: init closes them at once.
+            proc = await Spawned.start(
+                argv, PROGRAM_STDIO_FDS, {CONTROL_FD: inside.detach(), SECCOMP_FD: seccomp_fd}
+            )
+        except BaseException:
+            host.close()
+            raise
+        session = cls(proc, cgroup, workspace, host, limits)
+        try:
+            await asyncio.wait_for(asyncio.shield(session._ready), START_TIMEOUT_S)
+            session.netns_fd = session._open_netns()
+        except (TimeoutError, SandboxError, OSError) as exc:
+            session.kill()
+            await proc.exited
+            stderr = (await proc.errors.read()).decode(errors="replace").strip()
+            raise SandboxError(f"the sandbox did not start: {stderr or exc}") from exc
+        return session
+
+    def _open_netns(self) -> int:
+        """The network namespace of init (the process of the cgroup that is not bwrap)."""
+        for pid in self.cgroup.pids():
+            if pid != self.proc.pid:
+                return os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        raise SandboxError("the sandbox's init process is missing")
+
+    # -- control channel -------------------------------------------------------
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                message = self._control.recv(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                message = b""
+            if not message:
+                self._ended()
+                return
+            kind, _, rest = message.partition(b" ")
+            if kind == b"ready\n":
+                self._ready.set_result(None)
+                continue
+            pid, _, detail = rest.partition(b" ")
+            proc = self._running.pop(int(pid), None) if pid.isdigit() else None
+            if proc is not None and not proc._status.done():
+                proc._status.set_result(kind + b" " + detail)
+
+    def _ended(self) -> None:
+        """init is gone (killed, OOM, expired): every command ended with it."""
+        if self.ended.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(self._control.fileno())
+        self._control.close()
+        if not self._ready.done():
+            self._ready.set_exception(SandboxError("the sandbox ended while starting"))
+        for proc in self._running.values():
+            if not proc._status.done():
+                proc._status.set_result(b"")
+        self._running.clear()
+        self.ended.set()
+
+    def _send(self, message: bytes, fds: list[int] | None = None) -> None:
+        if self.ended.is_set():
+            raise SandboxError("the sandbox has ended")
+        try:
+            socket.send_fds(self._control, [message], fds or [])
+        except BlockingIOError as exc:
+            # init reads each message at once; a full buffer means it is stuck.
+            raise SandboxError("the sandbox is not taking commands") from exc
+        except OSError as exc:
+            raise SandboxError("the sandbox has ended") from exc
+
+    # -- commands -----------------------------------------------------------------
+
+    async def exec(
+        self,
+        command: Command,
+        limits: SandboxLimits,
+        *,
+        on_output: OutputCallback | None = None,
+        capture: bool = True,
+    ) -> Process:
+        """Starts a command. ``capture`` keeps its output (up to the output cap, which
+        kills it when passed) for the result; servers stream it to ``on_output`` only."""
+        request = encode_command(command, limits)
+        if len(request) > MAX_REQUEST:
+            raise SandboxError(f"the command is too large (over {MAX_REQUEST} bytes)")
+        cid = next(self._ids)
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._send(f"run {cid}\n".encode() + request, [stdin_r, stdout_w, stderr_w])
+        except BaseException:
+            for fd in (stdin_w, stdout_r, stderr_r):
+                os.close(fd)
+            raise
+        finally:
+            # The program's ends now live in init (and its child) only: EOF comes with it.
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.close(fd)
+        proc = Process(
+            self,
+            cid,
+            await write_pipe(stdin_w),
+            await read_pipe(stdout_r),
+            await read_pipe(stderr_r),
+        )
+        self._running[cid] = proc
+        proc._start(limits, on_output, capture)
+        return proc
+
+    async def run(
+        self, command: Command, limits: SandboxLimits, *, stdin: bytes | None = None
+    ) -> SandboxResult:
+        """Runs a command to its end, like a one-shot run."""
+        proc = await self.exec(command, limits)
+        if stdin:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await proc.write(stdin)
+        proc.close_stdin()
+        return await proc.wait()
+
+    # -- the end ------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """Kills every process of the sandbox at once (the cgroup, then bwrap)."""
+        self.cgroup.kill()
+        self.proc.kill()
+        self._ended()
+
+    async def close(self) -> None:
+        """Kills everything, then frees the cgroup and the workspace (its disk)."""
+        self.kill()
+        await self.proc.exited
+        if self.netns_fd >= 0:
+            os.close(self.netns_fd)
+            self.netns_fd = -1
+        await self.cgroup.remove_async()
+        self.workspace.destroy()
+
+
+async def open_session(sandbox: Sandbox, limits: SessionLimits) -> Session:
+    """A new long-lived sandbox with a fresh workspace and cgroup of its own."""
+    # Names say which process owns them, so the engine's start-up sweep frees them
+    # after a crash like any other workspace and cgroup.
+    workspace = Workspace.create(
+        sandbox.settings.workspaces_dir / _owned_name(),
+        sandbox.settings.sandbox_uid,
+        sandbox.settings.sandbox_gid,
+        limits.disk_mb,
+    )
+    try:
+        cgroup = sandbox.cgroups.create(_owned_name())
+    except BaseException:
+        workspace.destroy()
+        raise
+    try:
+        return await Session.start(sandbox, limits, workspace, cgroup)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            await cgroup.remove_async()
+        workspace.destroy()
+        raise
