@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from engine_kit import TEST_GID, TEST_UID, HostGuard, sandbox_pids
+from engine_kit import HostGuard, claim_uid, sandbox_pids
 
 from execbox.config import Settings
 from execbox.runner import Runner
@@ -60,15 +60,17 @@ def settings() -> Iterator[Settings]:
     runtime_dir = Path(tempfile.mkdtemp(prefix="execbox-engine-run-"))
     runtime_dir.chmod(0o711)
     cgroup_name = f"execbox-tests-{os.getpid()}"
+    uid, uid_lock = claim_uid()
     yield Settings(
         data_dir=data_dir,
         runtime_dir=runtime_dir,
-        sandbox_uid=TEST_UID,
-        sandbox_gid=TEST_GID,
+        sandbox_uid=uid,
+        sandbox_gid=uid,
         cgroup_name=cgroup_name,
         warm_pool_size=2,
         allow_network=False,
     )
+    uid_lock.close()
     shutil.rmtree(data_dir, ignore_errors=True)
     shutil.rmtree(runtime_dir, ignore_errors=True)
     for parent in Path("/sys/fs/cgroup").glob(f"*/{cgroup_name}"):
@@ -84,10 +86,12 @@ async def runner(settings: Settings, host_secret: str) -> AsyncIterator[Runner]:
     yield runner
     await runner.close()
     for _ in range(100):  # SIGKILL is delivered asynchronously: allow a moment
-        if not sandbox_pids():
+        if not sandbox_pids(settings.sandbox_uid):
             break
         await asyncio.sleep(0.05)
-    assert sandbox_pids() == [], "sandbox processes survived the runner's close()"
+    assert sandbox_pids(settings.sandbox_uid) == [], (
+        "sandbox processes survived the runner's close()"
+    )
     left = list(settings.workspaces_dir.iterdir())
     assert left == [], f"workspaces left mounted after close(): {left}"
 

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from execbox.models import ExecutionRequest, ExecutionResult, Stage
 from execbox.runner import Runner
 
-# The session's sandbox uid/gid: not the default 60100, so that a process of this uid
-# on the host can only be a survivor of this suite (never another engineer's server).
-TEST_UID = 60177
-TEST_GID = 60177
+# The session's sandbox uid is claimed from this range (not the default 60100), so that a
+# process of that uid on the host can only be a survivor of this very session: never a
+# server's, nor another test session's running at the same time.
+TEST_UID_RANGE = range(61000, 62000)
 
 # Services on the host's loopback that a sandboxed program must never reach.
 HOST_SERVICES = {"redis": 6379, "postgresql": 5432}
@@ -94,7 +95,25 @@ def _status(pid: str) -> dict[str, str]:
         return {}
 
 
-def sandbox_pids(uid: int = TEST_UID) -> list[int]:
+def claim_uid() -> tuple[int, IO[str]]:
+    """A sandbox uid no other session uses: the first free lock of the range, held until
+    the returned file is closed. A uid some process runs as already is skipped."""
+    busy = {int(v) for pid in os.listdir("/proc") if pid.isdigit()
+            for v in _status(pid).get("Uid", "").split()}  # fmt: skip
+    for uid in TEST_UID_RANGE:
+        if uid in busy:
+            continue
+        lock = open(f"/tmp/execbox-engine-tests-uid-{uid}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return uid, lock
+    raise RuntimeError(f"no free sandbox uid in {TEST_UID_RANGE}")
+
+
+def sandbox_pids(uid: int) -> list[int]:
     """Every live host process that runs as the sandbox uid (real, effective or saved).
 
     Zombies are left out: a dead process whose exit status its new parent has not
@@ -194,7 +213,7 @@ class HostGuard:
         warm_pids, warm_cgroups, warm_workspaces = self._warm()
         problems = [
             f"sandbox process survived its run: {pid}: {cmdline(pid)}"
-            for pid in sandbox_pids()
+            for pid in sandbox_pids(self.runner.settings.sandbox_uid)
             if pid not in warm_pids
         ]
         settings = self.runner.settings

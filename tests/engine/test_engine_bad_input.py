@@ -238,3 +238,26 @@ async def test_env_cannot_override_the_sandbox_view(runner: Runner) -> None:
     run = run_stage(result)
     assert result.verdict == Verdict.OK, describe(result)
     assert run.stdout.splitlines()[-1] == "ok"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"args": ["a" * (5 << 20)]},  # one 5 MiB argument
+        {"args": ["a" * (100 << 10)] * 60},  # 6 MiB in many
+        {"env": {"BIG": "a" * (5 << 20)}},
+    ],
+)
+async def test_huge_args_or_env_are_refused(runner: Runner, fields: dict[str, object]) -> None:
+    """Not a SandboxError (our fault) from a sandbox that could not take the command."""
+    with pytest.raises(InvalidRequest, match="args and env"):
+        await runner.execute(ExecutionRequest(language="bash", code="echo $#", **fields))
+
+
+async def test_large_but_allowed_args_give_a_clean_verdict(runner: Runner) -> None:
+    # Within the request limit, but beyond what execve takes in one string (128 KiB).
+    result = await execute(runner, "bash", "echo ${#1}", args=["a" * (200 << 10)])
+    assert result.verdict == Verdict.RUNTIME_ERROR, describe(result)
+    assert "Argument list too long" in run_stage(result).stderr
+    ok = await execute(runner, "bash", "echo ${#1}", args=["a" * (100 << 10)])
+    assert run_stage(ok).stdout == f"{100 << 10}\n", describe(ok)

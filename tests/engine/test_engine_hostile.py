@@ -15,7 +15,6 @@ import pytest
 from engine_kit import (
     HOST_SERVICES,
     PWNED_NAME,
-    TEST_UID,
     HostGuard,
     describe,
     execute,
@@ -189,6 +188,118 @@ async def test_daemonized_orphan_does_not_survive(runner: Runner, host: HostGuar
     await host.check()  # the setsid grandchild was killed with the run
 
 
+DAEMON_HOLDING_STDOUT = r"""
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        while True:  # keeps the output pipe open and busy after the program "ended"
+            print("daemon", flush=True)
+            time.sleep(0.01)
+    os._exit(0)
+print("parent exits", flush=True)
+"""
+
+
+async def test_daemon_holding_stdout_neither_hangs_nor_survives(
+    runner: Runner, host: HostGuard
+) -> None:
+    result = await execute(runner, "python", DAEMON_HOLDING_STDOUT, limits=SMALL)
+    assert result.verdict == Verdict.OK, describe(result)
+    assert stdout(result).startswith("parent exits\n")
+    await host.check()
+
+
+async def test_stopped_program_and_signals_to_init(runner: Runner, host: HostGuard) -> None:
+    stopped, poked = await asyncio.gather(
+        execute(
+            runner,
+            "bash",
+            "echo start; kill -STOP $$; echo after",
+            limits={**SMALL, "wall_time_s": 1},
+        ),
+        execute(
+            runner,
+            "bash",
+            "kill -STOP 1; kill -TERM 1; kill -SEGV 1; kill -KILL 1; sleep 0.2; echo alive; exit 4",
+            limits=SMALL,
+        ),
+    )
+    assert stopped.verdict == Verdict.TIME_LIMIT, describe(stopped)
+    assert stdout(stopped) == "start\n"
+    # init (PID 1 of the sandbox) ignores the program's signals: the real status comes back.
+    assert poked.verdict == Verdict.RUNTIME_ERROR, describe(poked)
+    assert run_stage(poked).exit_code == 4 and stdout(poked) == "alive\n"
+    await host.check()
+
+
+FORGE_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int main(void) {
+    /* Writes a fake status line into every descriptor it did not get as stdio. */
+    const char *fake = "exit 0 1 1 1 1\n";
+    printf("[");
+    for (int fd = 3; fd < 1024; fd++) {
+        if (write(fd, fake, strlen(fake)) > 0) printf(" %d", fd);
+    }
+    printf(" ]\n");
+    return 7;
+}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: descriptors the server holds without close-on-exec pass through "
+    "posix_spawn, execbox-init enter, bwrap and init into the program, which can write to "
+    "them (nothing closes fds >= 3 before the program's exec)",
+)
+async def test_verdict_cannot_be_forged_nor_host_fds_reached(
+    runner: Runner, host: HostGuard
+) -> None:
+    """A program reaches no descriptor but its stdio: not init's status pipe (so it cannot
+    report its own verdict), and not a descriptor the server holds without close-on-exec
+    (one inherited from a supervisor, or opened by a C library)."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    os.set_blocking(read_end, False)
+    try:
+        # The run stage starts a fresh box, after the descriptor exists.
+        result = await execute(runner, "c", FORGE_C, limits=SMALL)
+        try:
+            leaked = os.read(read_end, 4096)
+        except BlockingIOError:
+            leaked = b""
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert result.verdict == Verdict.RUNTIME_ERROR, describe(result)
+    assert run_stage(result).exit_code == 7
+    assert leaked == b"", "a sandboxed program wrote into a pipe of the host process"
+    assert stdout(result) == "[ ]\n", "descriptors beyond stdio reached the program"
+    await host.check()
+
+
+async def test_setuid_binaries_and_namespaces_give_nothing(runner: Runner, host: HostGuard) -> None:
+    code = (
+        "su -c id root </dev/null >/dev/null 2>&1; echo su=$?\n"
+        "mkdir -p m; mount -t tmpfs none m >/dev/null 2>&1; echo mount=$?\n"
+        "unshare -r true >/dev/null 2>&1; echo unshare=$?\n"
+        "nsenter -t 1 -m true >/dev/null 2>&1; echo nsenter=$?\n"
+        "id -u\n"
+    )
+    result = await execute(runner, "bash", code, limits=SMALL)
+    assert result.verdict == Verdict.OK, describe(result)
+    lines = stdout(result).splitlines()
+    assert lines[-1] == "1000"
+    for line in lines[:-1]:
+        assert not line.endswith("=0"), lines
+    await host.check()
+
+
 KILL_ALL = r"""
 import os, signal, time
 try:
@@ -208,8 +319,9 @@ print("still here")
 async def test_kill_minus_one_reaches_nothing_outside(runner: Runner, host: HostGuard) -> None:
     # A host process of the very uid the sandbox runs as, and a concurrent run: neither
     # may be touched by a program that signals everything it can.
+    uid = runner.settings.sandbox_uid
     canary = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-        ["/bin/sleep", "60"], user=TEST_UID, group=TEST_UID, start_new_session=True
+        ["/bin/sleep", "60"], user=uid, group=uid, start_new_session=True
     )
     try:
         neighbour = asyncio.create_task(
@@ -343,11 +455,7 @@ for name, host, port in [
         results[name] = type(exc).__name__ + ":" + str(exc.errno)
     finally:
         s.close()
-try:
-    socket.getaddrinfo("example.com", 80)
-    results["dns"] = "RESOLVED"
-except OSError as exc:
-    results["dns"] = type(exc).__name__
+results["resolv_conf"] = __import__("os").path.exists("/etc/resolv.conf")
 results["interfaces"] = [name for _, name in socket.if_nameindex()]
 print(json.dumps(results))
 """
@@ -368,7 +476,7 @@ async def test_network_is_unreachable(runner: Runner, host: HostGuard) -> None:
         assert not report[name].startswith("TimeoutError"), report
     assert report["redis"] == f"ConnectionRefusedError:{errno.ECONNREFUSED}", report
     assert report["postgresql"] == f"ConnectionRefusedError:{errno.ECONNREFUSED}", report
-    assert report["dns"] != "RESOLVED", report
+    assert report["resolv_conf"] is False, report  # no resolver configured either
     await host.check()
 
 
