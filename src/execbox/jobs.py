@@ -49,6 +49,13 @@ class JobNotFound(LookupError):
     pass
 
 
+class LeaseLost(Exception):
+    """The job was taken over (its worker was presumed lost): this run's writes are refused."""
+
+    def __init__(self, job_id: str, attempt: int) -> None:
+        super().__init__(f"job {job_id} is no longer at attempt {attempt}: another worker took it")
+
+
 def sources_of(target: Status) -> frozenset[Status]:
     """The statuses a job may reach ``target`` from."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
@@ -108,9 +115,11 @@ class JobService:
         events: Sequence[JobEvent] = (),
         *,
         allowed_from: Iterable[Status] | None = None,
+        fence: int | None = None,
         **values: Any,
     ) -> Job:
-        """Persists, then publishes. ``allowed_from`` narrows the legal sources."""
+        """Persists, then publishes. ``allowed_from`` narrows the legal sources; ``fence``
+        (an attempt number) makes the write conditional on the job still being at it."""
         expected = sources_of(target) & frozenset(allowed_from or sources_of(target))
         finished = target in TERMINAL
         now = utcnow()
@@ -120,10 +129,12 @@ class JobService:
         if finished:
             events.append(JobEvent(EventKind.RESULT, at=now))
         changed = await self.store.transition(
-            job_id, expected=expected, status=target, events=events, **values
+            job_id, expected=expected, status=target, events=events, fence=fence, **values
         )
         if changed is None:
             current = await self.get(job_id)
+            if fence is not None and current.attempts != fence:
+                raise LeaseLost(job_id, fence)
             raise IllegalTransition(job_id, current.status, target)
         job, published = changed
         if finished:
@@ -152,30 +163,49 @@ class JobService:
         )
         events = await self.store.create(job, [_status_event(Status.QUEUED)])
         await self.bus.publish(job.id, events)
-        await self.queue.put(job.id)
+        await self.queue.put(job)
         return job
 
-    async def claim(self, job_id: str) -> Job | None:
+    async def claim(self, job_id: str, worker_id: str | None = None) -> Job | None:
         """queued → running, for the worker that took the job; None when the job is
-        no longer queued (cancelled meanwhile, or taken by another worker)."""
+        no longer queued (cancelled meanwhile, or taken by another worker).
+
+        The claimed job's ``attempts`` is the fence of this run: the worker passes it
+        to every later write, which is refused (LeaseLost) once another worker has
+        taken the job over, so a job delivered twice never gets two results."""
         try:
             return await self._transition(
-                job_id, Status.RUNNING, started_at=utcnow(), attempts=jobs_table.c.attempts + 1
+                job_id,
+                Status.RUNNING,
+                started_at=utcnow(),
+                attempts=jobs_table.c.attempts + 1,
+                worker_id=worker_id,
+                heartbeat_at=utcnow(),
             )
         except (IllegalTransition, JobNotFound):
             return None
 
-    async def record(self, job_id: str, events: Sequence[JobEvent]) -> None:
+    async def record(
+        self, job_id: str, events: Sequence[JobEvent], fence: int | None = None
+    ) -> None:
         """Adds stage and output events of a running job."""
-        await self.bus.publish(job_id, await self.store.append(job_id, events))
+        published = await self.store.append(job_id, events, fence)
+        if published is None:
+            raise LeaseLost(job_id, fence or 0)
+        await self.bus.publish(job_id, published)
 
     async def complete(
-        self, job_id: str, result: ExecutionResult, events: Sequence[JobEvent] = ()
+        self,
+        job_id: str,
+        result: ExecutionResult,
+        events: Sequence[JobEvent] = (),
+        fence: int | None = None,
     ) -> Job:
         return await self._transition(
             job_id,
             Status.COMPLETED,
             events,
+            fence=fence,
             verdict=result.verdict.value if result.verdict else None,
             language_version=result.language.version,
             outcome=result.model_dump(
@@ -184,27 +214,56 @@ class JobService:
         )
 
     async def fail(
-        self, job_id: str, message: str, debug_id: str, events: Sequence[JobEvent] = ()
+        self,
+        job_id: str,
+        message: str,
+        debug_id: str,
+        events: Sequence[JobEvent] = (),
+        fence: int | None = None,
     ) -> Job:
         error = JobEvent(EventKind.ERROR, {"message": message, "debug_id": debug_id})
         return await self._transition(
             job_id,
             Status.FAILED,
             [*events, error],
+            fence=fence,
             error_message=message,
             error_debug_id=debug_id,
         )
 
-    async def cancelled(self, job_id: str, events: Sequence[JobEvent] = ()) -> Job:
+    async def cancelled(
+        self, job_id: str, events: Sequence[JobEvent] = (), fence: int | None = None
+    ) -> Job:
         """running → cancelled, by the worker that stopped the job."""
         return await self._transition(
-            job_id, Status.CANCELLED, events, allowed_from={Status.RUNNING}
+            job_id, Status.CANCELLED, events, allowed_from={Status.RUNNING}, fence=fence
         )
 
-    async def requeue(self, job_id: str, reason: str, events: Sequence[JobEvent] = ()) -> Job:
-        job = await self._transition(job_id, Status.QUEUED, events, started_at=None, reason=reason)
-        await self.queue.put(job_id)
+    async def requeue(
+        self, job_id: str, reason: str, events: Sequence[JobEvent] = (), fence: int | None = None
+    ) -> Job:
+        job = await self._transition(
+            job_id, Status.QUEUED, events, fence=fence, started_at=None, reason=reason
+        )
+        await self.queue.put(job)
         return job
+
+    async def hand_back(self, job: Job, *, reason: str, lost: str, max_attempts: int) -> Job | None:
+        """A running job whose run is gone: queued again (``reason`` goes to the log), or
+        failed once ``lost`` (what happened to its run) happened ``max_attempts`` times.
+        Fenced on the run's attempt, so it is a no-op (None) if the job moved on
+        meanwhile. The caller queues it."""
+        try:
+            if job.attempts < max_attempts:
+                return await self._transition(
+                    job.id, Status.QUEUED, fence=job.attempts, started_at=None, reason=reason
+                )
+            debug_id = secrets.token_hex(6)
+            message = f"{lost} {job.attempts} times while running this job; it was given up"
+            log.error("job abandoned", job_id=job.id, debug_id=debug_id, reason=message)
+            return await self.fail(job.id, message, debug_id, fence=job.attempts)
+        except (IllegalTransition, LeaseLost):
+            return None
 
     # -- for callers -------------------------------------------------------------
 
@@ -251,22 +310,15 @@ class JobService:
         failed once they were started ``max_attempts`` times), and every queued job
         goes back into the queue, which lived in memory. Returns how many."""
         for job_id in await self.store.ids(Status.RUNNING):
-            job = await self.get(job_id)
-            if job.attempts >= max_attempts:
-                debug_id = secrets.token_hex(6)
-                message = (
-                    f"the server stopped {job.attempts} times while running this job; "
-                    "it was given up"
-                )
-                log.error("job abandoned", job_id=job_id, debug_id=debug_id, reason=message)
-                await self.fail(job_id, message, debug_id)
-            else:
-                await self._transition(
-                    job_id, Status.QUEUED, started_at=None, reason="the server restarted"
-                )
+            await self.hand_back(
+                await self.get(job_id),
+                reason="the server restarted",
+                lost="the server stopped",
+                max_attempts=max_attempts,
+            )
         queued = await self.store.ids(Status.QUEUED)
         for job_id in queued:
-            await self.queue.put(job_id)
+            await self.queue.put(await self.get(job_id))
         return len(queued)
 
     async def prune(self, retention: timedelta) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from execbox.jobs import JobService, to_result
+from execbox.jobs import JobService, LeaseLost, to_result
 from execbox.logging import internal_error
 from execbox.metrics import Metrics
 from execbox.models import ExecutionResult
@@ -51,9 +51,10 @@ class EventLog:
     bytes that are not UTF-8 are kept exact as ``data_base64``.
     """
 
-    def __init__(self, jobs: JobService, job_id: str) -> None:
+    def __init__(self, jobs: JobService, job_id: str, fence: int | None = None) -> None:
         self._jobs = jobs
         self._job_id = job_id
+        self._fence = fence
         self._pending: list[JobEvent | _Chunk] = []
         self._pending_bytes = 0
         self._decoders: dict[tuple[EventKind, str], codecs.IncrementalDecoder] = {}
@@ -97,7 +98,7 @@ class EventLog:
                 await self._full.wait()
         self._writing = True
         try:
-            await self._jobs.record(self._job_id, self._take())
+            await self._jobs.record(self._job_id, self._take(), self._fence)
         except Exception:
             # The output still reaches the result; only the live log misses it.
             internal_error("could not record output events")
@@ -158,8 +159,10 @@ class WorkerPool:
         webhooks: Webhooks,
         metrics: Metrics,
         concurrency: int,
+        worker_id: str | None = None,
     ) -> None:
         self.runner = runner
+        self.worker_id = worker_id
         self.jobs = jobs
         self.queue = queue
         self.webhooks = webhooks
@@ -180,6 +183,10 @@ class WorkerPool:
             asyncio.create_task(self._loop(), name=f"execbox-worker-{i}")
             for i in range(self.concurrency)
         ]
+
+    @property
+    def running_jobs(self) -> list[str]:
+        return list(self._running)
 
     @property
     def alive(self) -> bool:
@@ -226,17 +233,22 @@ class WorkerPool:
             with structlog.contextvars.bound_contextvars(job_id=job_id):
                 try:
                     await self._run(job_id)
+                except LeaseLost:
+                    log.warning("job taken over by another worker; this run's outcome is dropped")
                 except Exception:
                     # The job could not even be recorded as failed (store down?):
                     # log and keep the worker alive; recovery finds the job later.
                     internal_error("worker could not record a job")
+                finally:
+                    await self.queue.done(job_id)
 
     async def _run(self, job_id: str) -> None:
-        job = await self.jobs.claim(job_id)
+        job = await self.jobs.claim(job_id, self.worker_id)
         if job is None:
             return
+        fence = job.attempts
         self.metrics.record_started(job)
-        events = EventLog(self.jobs, job_id)
+        events = EventLog(self.jobs, job_id, fence)
         running = _Running(
             asyncio.create_task(self.runner.execute(job.request, on_event=events.add))
         )
@@ -251,9 +263,9 @@ class WorkerPool:
                 raise
             pending = await events.close()
             if running.stop_reason == "cancel":
-                job = await self.jobs.cancelled(job_id, pending)
+                job = await self.jobs.cancelled(job_id, pending, fence)
             else:
-                await self.jobs.requeue(job_id, "the server shut down", pending)
+                await self.jobs.requeue(job_id, "the server shut down", pending, fence)
                 return
         except Exception as exc:
             pending = await events.close()
@@ -264,9 +276,9 @@ class WorkerPool:
             if isinstance(exc, SandboxError):
                 self.metrics.sandbox_failures.inc()
             debug_id = internal_error("job failed", error=type(exc).__name__)
-            job = await self.jobs.fail(job_id, message, debug_id, pending)
+            job = await self.jobs.fail(job_id, message, debug_id, pending, fence)
         else:
-            job = await self.jobs.complete(job_id, result, await events.close())
+            job = await self.jobs.complete(job_id, result, await events.close(), fence)
         finally:
             self._running.pop(job_id, None)
             self.metrics.record_finished()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from execbox.store import Job
 
 
 class QueueFull(Exception):
@@ -20,11 +24,17 @@ class JobQueue(ABC):
         persisted, so a refused request leaves nothing behind."""
 
     @abstractmethod
-    async def put(self, job_id: str) -> None: ...
+    async def put(self, job: Job) -> None:
+        """Queues a persisted job (by id; a backend may use its limits, e.g. for a timeout)."""
 
     @abstractmethod
     async def get(self) -> str:
         """The next job id, waiting for one."""
+
+    async def done(self, job_id: str) -> None:
+        """The worker that got ``job_id`` is through with it (whatever became of the job).
+        Backends that redeliver jobs of lost workers stop watching it here."""
+        return None
 
     @abstractmethod
     async def depth(self) -> int: ...

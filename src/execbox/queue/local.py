@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from execbox.queue.base import JobQueue, QueueFull
+from execbox.store import Job
 
 
 class LocalQueue(JobQueue):
@@ -21,8 +22,8 @@ class LocalQueue(JobQueue):
         if depth >= self.maxsize:
             raise QueueFull(depth, retry_after_s=1)
 
-    async def put(self, job_id: str) -> None:
-        self._queue.put_nowait(job_id)
+    async def put(self, job: Job) -> None:
+        self._queue.put_nowait(job.id)
 
     async def get(self) -> str:
         return await self._queue.get()

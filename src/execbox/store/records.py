@@ -53,6 +53,8 @@ class Job:
     event_seq: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    worker_id: str | None = None
+    heartbeat_at: datetime | None = None
 
     @property
     def callback_url(self) -> str | None:

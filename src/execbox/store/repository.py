@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from execbox.models import ExecutionRequest, Status, Verdict
-from execbox.store.db import Database
+from execbox.store.db import Connection, Database
 from execbox.store.records import EventKind, Job, JobEvent
 from execbox.store.schema import job_events, jobs
 
@@ -34,11 +34,17 @@ def _job(row: sa.Row[Any]) -> Job:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        worker_id=row.worker_id,
+        heartbeat_at=row.heartbeat_at,
     )
 
 
 def _event(row: sa.Row[Any]) -> JobEvent:
     return JobEvent(kind=EventKind(row.kind), data=row.data, at=row.at, seq=row.seq)
+
+
+def _fenced(fence: int | None) -> list[sa.ColumnElement[bool]]:
+    return [] if fence is None else [jobs.c.attempts == fence]
 
 
 def _numbered(events: Sequence[JobEvent], last_seq: int) -> list[JobEvent]:
@@ -51,7 +57,7 @@ class JobStore:
         self.db = db
 
     async def _insert_events(
-        self, conn: sa.ext.asyncio.AsyncConnection, job_id: str, events: Sequence[JobEvent]
+        self, conn: Connection, job_id: str, events: Sequence[JobEvent]
     ) -> None:
         if events:
             await conn.execute(
@@ -108,13 +114,16 @@ class JobStore:
         expected: Collection[Status],
         status: Status,
         events: Sequence[JobEvent],
+        fence: int | None = None,
         **values: Any,
     ) -> tuple[Job, list[JobEvent]] | None:
         """Moves the job to ``status`` if it is in one of ``expected`` (compare-and-set,
-        so two processes never both win), with its events; None if it was not."""
+        so two processes never both win), with its events; None if it was not. With
+        ``fence``, only if the job is still at that attempt (see JobService.claim)."""
         query = (
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in expected]))
+            .where(*_fenced(fence))
             .values(status=status.value, event_seq=jobs.c.event_seq + len(events), **values)
             .returning(*jobs.c)
         )
@@ -126,16 +135,21 @@ class JobStore:
             await self._insert_events(conn, job_id, numbered)
         return _job(row), numbered
 
-    async def append(self, job_id: str, events: Sequence[JobEvent]) -> list[JobEvent]:
-        """Adds events without changing the job's status."""
+    async def append(
+        self, job_id: str, events: Sequence[JobEvent], fence: int | None = None
+    ) -> list[JobEvent] | None:
+        """Adds events without changing the job's status; None when ``fence`` is given
+        and the job is no longer at that attempt."""
         query = (
             jobs.update()
-            .where(jobs.c.id == job_id)
+            .where(jobs.c.id == job_id, *_fenced(fence))
             .values(event_seq=jobs.c.event_seq + len(events))
             .returning(jobs.c.event_seq)
         )
         async with self.db.write() as conn:
-            last_seq = (await conn.execute(query)).scalar_one()
+            last_seq = (await conn.execute(query)).scalar()
+            if last_seq is None:
+                return None
             numbered = _numbered(events, last_seq)
             await self._insert_events(conn, job_id, numbered)
         return numbered
@@ -158,6 +172,30 @@ class JobStore:
         query = sa.select(jobs.c.id).where(jobs.c.status == status.value).order_by(jobs.c.id)
         async with self.db.read() as conn:
             return list((await conn.execute(query)).scalars())
+
+    async def renew_leases(self, worker_id: str, job_ids: Collection[str]) -> None:
+        """The heartbeat of a worker's running jobs."""
+        if not job_ids:
+            return
+        query = (
+            jobs.update()
+            .where(
+                jobs.c.id.in_(list(job_ids)),
+                jobs.c.worker_id == worker_id,
+                jobs.c.status == Status.RUNNING.value,
+            )
+            .values(heartbeat_at=sa.func.now())
+        )
+        async with self.db.write() as conn:
+            await conn.execute(query)
+
+    async def expired_leases(self, silent_s: float) -> list[Job]:
+        """Running jobs whose worker has not renewed their lease for ``silent_s``."""
+        last = sa.func.coalesce(jobs.c.heartbeat_at, jobs.c.started_at)
+        cutoff = sa.func.now() - sa.text(f"interval '{float(silent_s)} seconds'")
+        query = jobs.select().where(jobs.c.status == Status.RUNNING.value, last < cutoff)
+        async with self.db.read() as conn:
+            return [_job(row) for row in await conn.execute(query)]
 
     async def prune(self, finished_before: datetime) -> int:
         """Deletes finished jobs (and their events) older than the cutoff."""

@@ -46,6 +46,9 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
+    # Scale-out: who runs the job, and when it last said it still does (the lease).
+    sa.Column("worker_id", sa.String(64)),
+    sa.Column("heartbeat_at", UTCDateTime),
     sa.Index("ix_jobs_status_id", "status", "id"),
     sa.Index("ix_jobs_finished_at", "finished_at"),
 )
