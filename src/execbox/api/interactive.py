@@ -39,8 +39,8 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import ValidationError
+from starlette.requests import HTTPConnection
 
 from execbox.api.deps import require_api_key
 from execbox.api.problems import ProblemError
@@ -130,24 +130,22 @@ def _sessions(websocket: WebSocket) -> _Sessions:
 
 
 async def _authorize(websocket: WebSocket, services: Services) -> None:
-    """The HTTP API's key check. Browsers cannot set headers on a WebSocket, so the
-    key may also come as the ``api_key`` query parameter."""
-    authorization = websocket.headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    bearer = (
-        HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
-        if scheme.lower() == "bearer" and token
-        else None
-    )
-    api_key = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
+    """The HTTP API's key check, on the handshake's headers. Browsers cannot set
+    headers on a WebSocket, so the key may also come as the ``api_key`` query
+    parameter, checked as an X-API-Key header would be."""
+    connection: HTTPConnection = websocket
+    if key := websocket.query_params.get("api_key"):
+        headers = [*websocket.scope["headers"], (b"x-api-key", key.encode())]
+        connection = HTTPConnection({**websocket.scope, "headers": headers})
     try:
-        await require_api_key(services.settings, bearer, api_key)
+        # The declared credentials only document the OpenAPI schema; the check reads
+        # the headers of the connection itself.
+        await require_api_key(connection, services.settings, None, None)  # type: ignore[arg-type]
     except ProblemError as exc:
         raise _Refused(exc.status, exc.detail) from exc
 
 
-async def _read_request(websocket: WebSocket, services: Services) -> ExecutionRequest:
-    text = await websocket.receive_text()
+def _read_request(text: str, services: Services) -> ExecutionRequest:
     if len(text) > MAX_MESSAGE_BYTES:
         raise _Refused(413, f"the request is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
@@ -177,8 +175,14 @@ async def interactive(websocket: WebSocket) -> None:
     sessions = _sessions(websocket)
     await websocket.accept()
     try:
+        # The key is checked once the request is in, so that the refusal is the
+        # answer to it (a client that sends at once would find the socket closed).
+        try:
+            text = await websocket.receive_text()
+        except KeyError:  # a binary message
+            raise _Refused(400, "send the request as a JSON text message") from None
         await _authorize(websocket, services)
-        request = await _read_request(websocket, services)
+        request = _read_request(text, services)
         if len(sessions.running) >= sessions.limit:
             raise _Refused(429, f"{sessions.limit} interactive runs are going on; try later")
     except _Refused as refused:
