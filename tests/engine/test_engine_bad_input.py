@@ -153,11 +153,6 @@ async def test_tiny_limits_give_a_clean_verdict(runner: Runner) -> None:
         ), (limits, describe(result))  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: pids.max also counts the box's own bwrap and init (2 processes), "
-    "so processes=1 or 2 ends in internal_error ('error fork') and N allows N-2",
-)
 async def test_processes_limit_of_one_runs_a_single_process_program(runner: Runner) -> None:
     """`processes` counts the program's processes: 1 is enough for a program that does
     not fork (the sandbox's own helpers must not eat the caller's budget)."""

@@ -30,6 +30,9 @@ START_TIMEOUT_S = 10
 # Where the sandbox process finds its pipes (see init.c and bwrap.py).
 CMD_FD, STATUS_FD, SECCOMP_FD = 3, 4, 5
 PROGRAM_STDIO_FDS = (6, 7, 8)
+# bwrap (outside) and execbox-init (PID 1) live in the run's cgroup too: pids.max is the
+# caller's `processes` plus these, so that `processes` counts the program's own.
+SANDBOX_OWN_PROCESSES = 2
 
 OutputCallback = Callable[[str, bytes], None]
 StdinSource = bytes | AsyncIterator[bytes] | None
@@ -202,7 +205,9 @@ class Box:
         stdin: StdinSource,
         on_output: OutputCallback | None,
     ) -> SandboxResult:
-        self.cgroup.set_limits(limits.memory_bytes, limits.processes, limits.cpus)
+        self.cgroup.set_limits(
+            limits.memory_bytes, limits.processes + SANDBOX_OWN_PROCESSES, limits.cpus
+        )
         self.cgroup.start_accounting()
         payload = encode_command(cmd, limits)
         out = _Capped("stdout", limits.output_bytes, on_output)

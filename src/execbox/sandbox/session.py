@@ -28,6 +28,7 @@ from execbox.sandbox.box import (
     KILL_GRACE_S,
     PROGRAM_STDIO_FDS,
     READ_CHUNK,
+    SANDBOX_OWN_PROCESSES,
     SECCOMP_FD,
     START_TIMEOUT_S,
     Command,
@@ -213,7 +214,9 @@ class Session:
     async def start(
         cls, sandbox: Sandbox, limits: SessionLimits, workspace: Workspace, cgroup: RunCgroup
     ) -> Session:
-        cgroup.set_limits(limits.memory_bytes, limits.processes, limits.cpus)
+        cgroup.set_limits(
+            limits.memory_bytes, limits.processes + SANDBOX_OWN_PROCESSES, limits.cpus
+        )
         host, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         host.setblocking(False)
         seccomp_fd = os.open(sandbox.seccomp_file, os.O_RDONLY | os.O_CLOEXEC)
