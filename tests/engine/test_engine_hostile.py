@@ -8,6 +8,7 @@ import asyncio
 import errno
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -28,6 +29,21 @@ from execbox.models import ExecutionRequest, ExecutionResult, Verdict
 from execbox.runner import Runner, RunnerEvent
 
 SMALL = {"cpu_time_s": 1, "wall_time_s": 5, "memory_mb": 64, "processes": 32}
+
+
+async def test_the_host_guard_sees_a_survivor(runner: Runner, host: HostGuard) -> None:
+    """The checks below can fail: a process of the sandbox uid on the host is reported."""
+    uid = runner.settings.sandbox_uid
+    stray = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+        ["/bin/sleep", "60"], user=uid, group=uid, start_new_session=True
+    )
+    try:
+        with pytest.raises(AssertionError, match="survived its run"):
+            await host.check(patience_s=0.2)
+    finally:
+        stray.kill()
+        stray.wait()
+    await host.check()
 
 
 # -- processes ----------------------------------------------------------------
@@ -130,8 +146,9 @@ async def test_cpu_loop_and_four_spinning_threads(runner: Runner, host: HostGuar
         run = run_stage(result)
         assert result.verdict == Verdict.TIME_LIMIT, describe(result)
         assert "CPU" in (run.message or ""), describe(result)
-        # CPU time of all threads is summed: four threads do not get four seconds.
-        assert 1000 <= run.cpu_time_ms <= 1600, describe(result)
+        # CPU time of all threads is summed: four threads do not get four seconds. (The
+        # slack is the watchdog's polling on a loaded 2-core machine: at most 2 CPU-s/s.)
+        assert 1000 <= run.cpu_time_ms <= 2500, describe(result)
     assert stdout(threads) == "spinning\n"
     await host.check()
 
@@ -251,12 +268,6 @@ int main(void) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: descriptors the server holds without close-on-exec pass through "
-    "posix_spawn, execbox-init enter, bwrap and init into the program, which can write to "
-    "them (nothing closes fds >= 3 before the program's exec)",
-)
 async def test_verdict_cannot_be_forged_nor_host_fds_reached(
     runner: Runner, host: HostGuard
 ) -> None:
@@ -444,12 +455,13 @@ for name, host, port in [
     ("redis", "127.0.0.1", 6379),
     ("postgresql", "127.0.0.1", 5432),
     ("host_ssh", "127.0.0.1", 22),
+    ("abstract_unix", "\0" + sys.argv[1], None),
 ]:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = socket.AF_UNIX if port is None else socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(3)
     try:
-        s.connect((host, port))
+        s.connect(host if port is None else (host, port))
         results[name] = "CONNECTED"
     except OSError as exc:
         results[name] = type(exc).__name__ + ":" + str(exc.errno)
@@ -465,9 +477,17 @@ async def test_network_is_unreachable(runner: Runner, host: HostGuard) -> None:
     # The targets exist on the host (otherwise this test would prove nothing).
     for name, port in HOST_SERVICES.items():
         assert port_answers(port), f"host {name} is not listening: cannot test isolation"
-    result = await execute(runner, "python", CONNECT, limits={**SMALL, "wall_time_s": 20})
+    # An abstract unix socket of the host: reachable only from the host's network namespace.
+    name = f"execbox-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind("\0" + name)
+        listener.listen()
+        result = await execute(
+            runner, "python", CONNECT, args=[name], limits={**SMALL, "wall_time_s": 20}
+        )
     assert result.verdict == Verdict.OK, describe(result)
     report = json_lines(stdout(result))
+    assert report["abstract_unix"] == f"ConnectionRefusedError:{errno.ECONNREFUSED}", report
     assert report["interfaces"] == ["lo"], report
     for name in ("internet", "internet6", "redis", "postgresql", "host_ssh"):
         assert report[name] != "CONNECTED", report
@@ -900,10 +920,25 @@ int main(void) {
 """
 
 
+X32_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void) {
+    puts("before");
+    fflush(stdout);
+    long ret = syscall(0x40000000L | SYS_getpid); /* the x32 ABI */
+    printf("after %ld\n", ret);
+    return 0;
+}
+"""
+
+
 async def test_seccomp_refuses_dangerous_syscalls(runner: Runner, host: HostGuard) -> None:
-    refused, int80 = await asyncio.gather(
+    refused, int80, x32 = await asyncio.gather(
         execute(runner, "c", SECCOMP_C, limits=SMALL),
         execute(runner, "c", INT80_C, limits=SMALL),
+        execute(runner, "c", X32_C, limits=SMALL),
     )
     assert refused.verdict == Verdict.OK, describe(refused)
     got = {
@@ -916,7 +951,8 @@ async def test_seccomp_refuses_dangerous_syscalls(runner: Runner, host: HostGuar
         assert got[name] == (-1, errno.EPERM), (name, got)
     assert got["clone3"] == (-1, errno.ENOSYS), got
     assert got["getpid"] == (0, 0)
-    run = run_stage(int80)
-    assert int80.verdict == Verdict.RUNTIME_ERROR, describe(int80)
-    assert run.signal == signal.SIGSYS and run.stdout == "before\n", describe(int80)
+    for result in (int80, x32):  # other syscall ABIs: the process is killed
+        run = run_stage(result)
+        assert result.verdict == Verdict.RUNTIME_ERROR, describe(result)
+        assert run.signal == signal.SIGSYS and run.stdout == "before\n", describe(result)
     await host.check()

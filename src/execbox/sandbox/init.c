@@ -45,6 +45,7 @@
 #include <stdarg.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -193,11 +194,20 @@ static int parse_command(char *cmd, size_t len, struct command *c) {
     return 0;
 }
 
+/* Closes every descriptor above stdio: whatever the server held without close-on-exec
+ * (inherited from its supervisor, opened by a C library) went through bwrap to us, and
+ * must not reach the program. */
+static void close_other_fds(void) {
+    if (syscall(SYS_close_range, 3U, ~0U, 0U) == 0) return;
+    for (int fd = 3; fd < 65536; fd++) close(fd); /* kernels before 5.9 */
+}
+
 /* In the forked child: the program's stdio, limits, default signals, then exec. */
 static void exec_command(const struct command *c, const int stdio[3]) {
     for (int k = 0; k < 3; k++) {
         if (dup2(stdio[k], k) < 0) _exit(126); /* dup2 clears close-on-exec */
     }
+    close_other_fds();
     set_limit(RLIMIT_CORE, 0);
     set_limit(RLIMIT_CPU, c->cpu_s);
     set_limit(RLIMIT_FSIZE, c->fsize);
