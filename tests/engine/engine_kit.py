@@ -226,9 +226,9 @@ class HostGuard:
             problems.append(f"workspaces left behind: {sorted(left_ws)}")
         return problems
 
-    async def check(self) -> None:
+    async def check(self, patience_s: float = 10.0) -> None:
         """Asserts that the host is as it was: no survivor, nothing left, nothing changed."""
-        problems = await settled(self.runner, self._leftovers)
+        problems = await settled(self.runner, self._leftovers, patience_s)
         assert not problems, "\n".join(problems)
         for path, digest in self.digests.items():
             assert file_digest(path) == digest, f"host file {path} changed"
