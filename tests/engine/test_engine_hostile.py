@@ -355,6 +355,31 @@ async def test_kill_minus_one_reaches_nothing_outside(runner: Runner, host: Host
     await host.check()
 
 
+async def test_cancelling_an_execution_kills_its_sandbox(runner: Runner, host: HostGuard) -> None:
+    """The API's cancel: cancelling execute() ends the program at once, leaving nothing."""
+    started = asyncio.Event()
+
+    def on_event(event: RunnerEvent) -> None:
+        if event.kind == "stdout" and b"started" in event.data:
+            started.set()
+
+    code = (
+        "import os, time\nfor _ in range(8):\n    if os.fork() == 0:\n        break\n"
+        "print('started', flush=True)\ntime.sleep(60)\n"
+    )
+    task = asyncio.create_task(
+        runner.execute(
+            ExecutionRequest(language="python", code=code, limits={**SMALL, "wall_time_s": 30}),
+            on_event=on_event,
+        )
+    )
+    await asyncio.wait_for(started.wait(), timeout=20)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await host.check()
+
+
 # -- files and disk -------------------------------------------------------------
 
 FILL = r"""

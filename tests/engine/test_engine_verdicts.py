@@ -169,3 +169,23 @@ async def test_output_streams_as_produced_and_stdin_streams_in(runner: Runner) -
     streamed = b"".join(e.data for e in events if e.kind == "stdout" and e.stage == "run")
     assert streamed.decode() == stdout(result)
     assert [e.stage for e in events if e.kind == "stage"] == ["running"]
+
+
+async def test_stdin_stream_that_never_closes_ends_at_the_wall_limit(runner: Runner) -> None:
+    forever = asyncio.Event()
+
+    async def open_stdin() -> AsyncIterator[bytes]:
+        yield b"one line\n"
+        await forever.wait()  # an interactive client that never closes stdin
+        yield b""
+
+    code = "import sys\nfor line in sys.stdin:\n    print('got', line.strip(), flush=True)\n"
+    result = await asyncio.wait_for(
+        runner.execute(
+            ExecutionRequest(language="python", code=code, limits={"wall_time_s": 1}),
+            stdin=open_stdin(),
+        ),
+        timeout=30,
+    )
+    assert result.verdict == Verdict.TIME_LIMIT, describe(result)
+    assert stdout(result) == "got one line\n"
