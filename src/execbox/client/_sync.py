@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any, Self, TypeVar, Unpack
 
@@ -149,6 +150,7 @@ class Interactive:
         self._body = body
         self._state = _core.InteractiveState()
         self._ws: ClientConnection | None = None
+        self._exit = contextlib.ExitStack()
 
     @property
     def id(self) -> str | None:
@@ -160,10 +162,12 @@ class Interactive:
 
     def __enter__(self) -> Self:
         try:
-            self._ws = connect(
-                self._config.websocket_url(),
-                additional_headers=self._config.headers,
-                max_size=_core.MAX_MESSAGE_BYTES,
+            self._ws = self._exit.enter_context(
+                connect(
+                    self._config.websocket_url(),
+                    additional_headers=self._config.headers,
+                    max_size=_core.MAX_MESSAGE_BYTES,
+                )
             )
             self._ws.send(_core.request_message(self._body))
         except (OSError, WebSocketException) as exc:
@@ -171,8 +175,7 @@ class Interactive:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._ws is not None:
-            self._ws.close()
+        self._exit.close()
 
     def _connection(self) -> ClientConnection:
         if self._ws is None:
