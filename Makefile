@@ -13,6 +13,9 @@ STAMP := $(VENV)/.installed
 # Debian packages: the sandbox, Python for .venv, and every language's toolchain
 # (the per-language list is read from languages.toml, the single source of truth).
 BASE_PACKAGES := bubblewrap libseccomp2 ca-certificates python3 python3-venv python3-dev gcc libc6-dev make
+# What the tests need beyond that: Debian's Chromium for the playground's browser test
+# (Playwright drives it; no browser is downloaded).
+TEST_PACKAGES := chromium
 LANG_PACKAGES = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("src/execbox/languages/languages.toml", "rb")); print(" ".join(sorted({p for l in d["language"] for p in l.get("packages", [])})))' 2>/dev/null)
 NPM_PACKAGES = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("src/execbox/languages/languages.toml", "rb")); print(" ".join(sorted({p for l in d["language"] for p in l.get("npm", [])})))' 2>/dev/null)
 
@@ -21,7 +24,7 @@ NPM_PACKAGES = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("src/
 setup: system-packages typescript venv ## install everything (idempotent, fast when done)
 
 system-packages:
-	@missing=""; for p in $(BASE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(BASE_PACKAGES) $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo ">> installing base packages:$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \

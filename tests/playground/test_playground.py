@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import playwright.sync_api as playwright
 import pytest
 from client_kit import Server
-
-playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -28,13 +27,10 @@ PROGRAM = """name = input("Who goes there? ")
 print(f"Welcome, {name}!")
 """
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's chromium is not installed (make setup installs it)"
-)
-
 
 @pytest.fixture
 def page(server: Server) -> Iterator[playwright.Page]:
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make setup` installs it"
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
