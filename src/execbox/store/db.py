@@ -1,29 +1,35 @@
 """Connections to the store: SQLite (default, one file) or PostgreSQL, and migrations.
 
-SQLite is tuned for a server: WAL lets readers run beside the writer, and every
-write transaction starts with BEGIN IMMEDIATE, because a deferred transaction that
-reads and then writes fails at once with "database is locked" under concurrency.
-Writes of this process also share one connection, so they queue in order in
-asyncio instead of sleeping in SQLite's busy handler.
+SQLite runs inline, on the event loop's thread: a statement on a local WAL file
+takes microseconds, less than the thread hop of an async driver (aiosqlite hops
+per statement), and since a transaction then never yields to the loop, this
+process's transactions cannot contend with each other. Writes start with BEGIN
+IMMEDIATE, because a deferred transaction that reads and then writes fails at
+once with "database is locked" when another process (a CLI, a second server)
+writes too; busy_timeout makes those waits rather than errors.
+
+PostgreSQL goes through asyncpg, truly async.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA busy_timeout=10000",
+    "PRAGMA busy_timeout=5000",
     # In WAL mode NORMAL keeps the file consistent and loses no commit on a process
     # crash; only an OS crash may drop the last transactions. FULL would fsync per job.
     "PRAGMA synchronous=NORMAL",
@@ -33,25 +39,47 @@ SQLITE_PRAGMAS = (
 _MIGRATION_LOCK_ID = 0x65786563626F78
 
 
-def _sqlite_engine(url: URL, *, writer: bool) -> AsyncEngine:
+class Connection(Protocol):
+    """What the repository uses of a connection: SQLAlchemy's AsyncConnection, or
+    the inline SQLite connection below."""
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Any = None
+    ) -> sa.CursorResult[Any]: ...
+
+    async def run_sync(self, fn: Callable[[sa.Connection], T]) -> T: ...
+
+
+class _InlineConnection:
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Any = None
+    ) -> sa.CursorResult[Any]:
+        return self._conn.execute(statement, parameters)
+
+    async def run_sync(self, fn: Callable[[sa.Connection], T]) -> T:
+        return fn(self._conn)
+
+
+def _sqlite_engine(url: URL) -> sa.Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(
-        url, pool_size=1 if writer else 4, max_overflow=0, connect_args={"timeout": 10}
+    # One connection is enough: nothing runs beside a transaction in this process.
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        poolclass=sa.pool.StaticPool,
+        connect_args={"check_same_thread": False},
     )
 
-    @sa.event.listens_for(engine.sync_engine, "connect")
+    @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event emit BEGIN instead of the driver.
+        # No implicit BEGIN from the driver: writes say BEGIN IMMEDIATE themselves,
+        # reads run in autocommit (each statement sees a consistent snapshot).
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS:
-            cursor.execute(pragma)
-        cursor.close()
-
-    @sa.event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+            dbapi_connection.execute(pragma)
 
     return engine
 
@@ -65,34 +93,55 @@ def alembic_config() -> Config:
 
 
 class Database:
-    """A writer and a reader engine (the same one on PostgreSQL)."""
-
     def __init__(self, url: str, schema: str | None = None) -> None:
         self.url = make_url(url)
         self.schema = schema
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self._sqlite: sa.Engine | None = None
+        self._async: AsyncEngine | None = None
         if self.is_sqlite:
-            self.writer = _sqlite_engine(self.url, writer=True)
-            self.reader = _sqlite_engine(self.url, writer=False)
+            self._sqlite = _sqlite_engine(self.url)
         else:
             connect_args: dict[str, Any] = {}
             if schema:
                 connect_args["server_settings"] = {"search_path": schema}
-            self.writer = self.reader = create_async_engine(
+            self._async = create_async_engine(
                 self.url, pool_size=10, max_overflow=20, pool_pre_ping=True,
                 connect_args=connect_args,
             )  # fmt: skip
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction, committed on exit."""
-        async with self.writer.begin() as conn:
-            yield conn
+    async def write(self) -> AsyncIterator[Connection]:
+        """A write transaction, committed on exit, rolled back on error."""
+        if self._sqlite is not None:
+            with self._sqlite_transaction() as conn:
+                yield _InlineConnection(conn)
+        else:
+            assert self._async is not None
+            async with self._async.begin() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _sqlite_transaction(self) -> Iterator[sa.Connection]:
+        assert self._sqlite is not None
+        with self._sqlite.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
     @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.reader.connect() as conn:
-            yield conn
+    async def read(self) -> AsyncIterator[Connection]:
+        if self._sqlite is not None:
+            with self._sqlite.connect() as conn:
+                yield _InlineConnection(conn)
+        else:
+            assert self._async is not None
+            async with self._async.connect() as conn:
+                yield conn
 
     async def ping(self) -> None:
         async with self.read() as conn:
@@ -104,14 +153,14 @@ class Database:
             if not self.is_sqlite:
                 await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"))
                 if self.schema:
-                    quoted = conn.dialect.identifier_preparer.quote_identifier(self.schema)
-                    await conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+                    await conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
             await conn.run_sync(_upgrade)
 
     async def close(self) -> None:
-        await self.writer.dispose()
-        if self.reader is not self.writer:
-            await self.reader.dispose()
+        if self._sqlite is not None:
+            self._sqlite.dispose()
+        if self._async is not None:
+            await self._async.dispose()
 
 
 def _upgrade(connection: sa.Connection) -> None:

@@ -1,0 +1,177 @@
+"""HTTP service vs the bare floor, in one run; writes bench/results/http.json.
+(Not named http.py: run as a script, it would shadow the standard library's http.)
+
+Measures, against a real `execbox serve` (started here on a free port with a
+temporary data dir, SQLite, default workers):
+
+- sync execute of print(1+1) (POST /v1/executions, wait=true): sequential median,
+  and throughput with 8 concurrent clients;
+- the floor, `/usr/bin/python3 -c 'print(1+1)'` spawned directly: sequential median,
+  and throughput with 8 at once;
+- the acknowledgement of wait=false submissions with 8 concurrent clients (p50, p99).
+
+Usage (as root): .venv/bin/python bench/http_api.py [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+FLOOR = ["/usr/bin/python3", "-c", "print(1+1)"]
+BODY = {"language": "python", "code": "print(1+1)"}
+CLIENTS = 8
+TARGETS = {"sequential_ratio_max": 1.5, "throughput_ratio_min": 0.6, "ack_p99_ms_max": 20}
+
+
+@contextmanager
+def server(port: int) -> Iterator[str]:
+    env = {**os.environ, "EXECBOX_DATA_DIR": tempfile.mkdtemp(prefix="execbox-bench-")}
+    env["EXECBOX_LOG_LEVEL"] = "warning"  # a log line per request is not what we measure
+    code = f"from execbox.api.cli import serve; serve(port={port})"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError("the server exited at start")
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+async def timed(call: Callable[[], Awaitable[None]]) -> float:
+    started = time.perf_counter()
+    await call()
+    return (time.perf_counter() - started) * 1000
+
+
+async def sequential(call: Callable[[], Awaitable[None]], n: int) -> list[float]:
+    return [await timed(call) for _ in range(n)]
+
+
+async def concurrent(call: Callable[[], Awaitable[None]], n: int) -> tuple[float, list[float]]:
+    """Runs ``n`` calls from CLIENTS concurrent clients; (calls per second, latencies)."""
+    latencies: list[float] = []
+    remaining = iter(range(n))
+
+    async def client() -> None:
+        for _ in remaining:
+            latencies.append(await timed(call))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return n / (time.perf_counter() - started), latencies
+
+
+async def floor_run() -> None:
+    proc = await asyncio.create_subprocess_exec(*FLOOR, stdout=subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert out == b"2\n"
+
+
+async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def sync_run() -> None:
+            response = await client.post("/v1/executions", json=BODY)
+            assert response.json()["run"]["stdout"] == "2\n", response.text
+
+        async def ack() -> None:
+            response = await client.post("/v1/executions", params={"wait": "false"}, json=BODY)
+            assert response.status_code == 202, response.text
+
+        await sequential(sync_run, 20)  # warm-up: connections, warm pool, caches
+        await sequential(floor_run, 5)
+        floor_seq = await sequential(floor_run, n)
+        floor_rps, _ = await concurrent(floor_run, 2 * n)
+        http_seq = await sequential(sync_run, n)
+        http_rps, _ = await concurrent(sync_run, 2 * n)
+        _, acks = await concurrent(ack, 2 * n)
+        # Let the acknowledged jobs drain so the server stops with an empty queue.
+        last = (await client.get("/v1/executions", params={"limit": 1})).json()["items"][0]
+        async with client.stream("GET", f"/v1/executions/{last['id']}/events") as stream:
+            async for _ in stream.aiter_lines():
+                pass
+    return {
+        "floor": {
+            "sequential_median_ms": statistics.median(floor_seq),
+            "throughput_rps": floor_rps,
+        },
+        "http_sync": {
+            "sequential_median_ms": statistics.median(http_seq),
+            "sequential_p99_ms": percentile(http_seq, 99),
+            "throughput_rps": http_rps,
+        },
+        "http_ack": {"p50_ms": percentile(acks, 50), "p99_ms": percentile(acks, 99)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200, help="per sequential series")
+    args = parser.parse_args()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with server(port) as url:
+        figures = asyncio.run(measure(url, args.requests))
+    floor, sync, ack = figures["floor"], figures["http_sync"], figures["http_ack"]
+    ratios = {
+        "sequential_ratio": sync["sequential_median_ms"] / floor["sequential_median_ms"],
+        "throughput_ratio": sync["throughput_rps"] / floor["throughput_rps"],
+    }
+    report = {
+        **figures,
+        **ratios,
+        "targets": TARGETS,
+        "clients": CLIENTS,
+        "requests": args.requests,
+        "cpus": os.cpu_count(),
+    }
+    print(f"{'':28}{'floor':>12}{'execbox HTTP':>14}{'ratio':>9}{'target':>10}")
+    print(
+        f"{'sequential median (ms)':28}{floor['sequential_median_ms']:12.2f}"
+        f"{sync['sequential_median_ms']:14.2f}{ratios['sequential_ratio']:9.2f}{'<= 1.5':>10}"
+    )
+    print(
+        f"{f'throughput, {CLIENTS} clients (/s)':28}{floor['throughput_rps']:12.1f}"
+        f"{sync['throughput_rps']:14.1f}{ratios['throughput_ratio']:9.2f}{'>= 0.6':>10}"
+    )
+    print(f"{f'wait=false ack p50 / p99 (ms), {CLIENTS} clients':44}", end="")
+    print(f"{ack['p50_ms']:.2f} / {ack['p99_ms']:.2f}   (target p99 <= 20)")
+    out = Path(__file__).parent / "results" / "http.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Fixtures of the API suite: real servers (uvicorn subprocesses running the real
+sandbox), on SQLite and on PostgreSQL, each PostgreSQL run in a schema of its own
+that is dropped afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+from collections.abc import Iterator
+
+import asyncpg
+import httpx
+import pytest
+from api_kit import PG_URL, Server
+
+
+def _drop_schema(schema: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Settings selecting the database of a server; one schema per PostgreSQL run."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    schema = f"execbox_test_{secrets.token_hex(4)}"
+    try:
+        yield {"EXECBOX_DATABASE_URL": PG_URL, "EXECBOX_DATABASE_SCHEMA": schema}
+    finally:
+        _drop_schema(schema)
+
+
+def make_server(env: dict[str, str]) -> Iterator[Server]:
+    server = Server(env)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(backend: dict[str, str]) -> Iterator[Server]:
+    """The server most tests share, per backend."""
+    yield from make_server({**backend, "EXECBOX_WEBHOOK_BACKOFF_S": "0.05"})
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client

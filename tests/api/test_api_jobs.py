@@ -1,0 +1,127 @@
+"""The job state machine and its store, on SQLite and PostgreSQL (no sandbox needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import _drop_schema
+
+from execbox.events import LocalEventBus
+from execbox.jobs import IllegalTransition, JobService
+from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage, Status, Verdict
+from execbox.queue import LocalQueue
+from execbox.store import Database, EventKind, JobEvent, JobStore
+
+LANG = LanguageRef(name="python", version="3")
+REQUEST = ExecutionRequest(language="python", code="print(1)")
+
+
+@pytest.fixture
+async def jobs(backend: dict[str, str]) -> AsyncIterator[JobService]:
+    tmp = Path(tempfile.mkdtemp(prefix="execbox-store-"))
+    schema = None
+    if "EXECBOX_DATABASE_URL" in backend:
+        url = backend["EXECBOX_DATABASE_URL"]
+        schema = backend["EXECBOX_DATABASE_SCHEMA"] + "_jobs"
+    else:
+        url = f"sqlite+aiosqlite:///{tmp / 'jobs.db'}"
+    db = Database(url, schema)
+    await db.migrate()
+    try:
+        yield JobService(JobStore(db), LocalEventBus(), LocalQueue(100))
+    finally:
+        await db.close()
+        if schema:
+            await asyncio.to_thread(_drop_schema, schema)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _result(stdout: str = "1\n") -> ExecutionResult:
+    return ExecutionResult(
+        status=Status.COMPLETED,
+        language=LANG,
+        verdict=Verdict.OK,
+        run=Stage(stdout=stdout, verdict=Verdict.OK, exit_code=0),
+    )
+
+
+async def test_illegal_transitions_are_refused(jobs: JobService) -> None:
+    job = await jobs.submit(REQUEST, LANG)
+    with pytest.raises(IllegalTransition, match="queued; it cannot become completed"):
+        await jobs.complete(job.id, _result())
+    assert (await jobs.claim(job.id)) is not None
+    assert (await jobs.claim(job.id)) is None  # a second worker does not get it
+    await jobs.complete(job.id, _result())
+    for attempt in (
+        jobs.complete(job.id, _result()),
+        jobs.cancelled(job.id),
+        jobs.requeue(job.id, "no"),
+        jobs.fail(job.id, "no", "x"),
+    ):
+        with pytest.raises(IllegalTransition):
+            await attempt
+    assert (await jobs.get(job.id)).status == Status.COMPLETED
+
+
+async def test_transitions_are_persisted_before_they_are_published(jobs: JobService) -> None:
+    job = await jobs.submit(REQUEST, LANG)
+    seen: list[tuple[int, int]] = []
+    async with jobs.bus.subscribe(job.id) as subscription:
+
+        async def follow() -> None:
+            async for event in subscription:
+                # Whatever is heard of is already in the store.
+                seen.append((event.seq, (await jobs.get(job.id)).event_seq))
+                if event.kind == EventKind.RESULT:
+                    return
+
+        follower = asyncio.create_task(follow())
+        await jobs.claim(job.id)
+        await jobs.record(job.id, [JobEvent(EventKind.STDOUT, {"stage": "run", "data": "1\n"})])
+        await jobs.complete(job.id, _result())
+        await follower
+    assert len(seen) == 4
+    assert all(stored >= heard for heard, stored in seen)
+    events = await jobs.store.events(job.id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.kind for e in events] == [
+        EventKind.STATUS, EventKind.STATUS, EventKind.STDOUT, EventKind.STATUS, EventKind.RESULT,
+    ]  # fmt: skip
+
+
+async def test_recovery_requeues_or_gives_up(jobs: JobService) -> None:
+    fresh = await jobs.submit(REQUEST, LANG)
+    await jobs.claim(fresh.id)
+    tired = await jobs.submit(REQUEST, LANG)
+    for _ in range(2):
+        await jobs.claim(tired.id)
+        await jobs.requeue(tired.id, "test")
+    await jobs.claim(tired.id)  # third start
+    waiting = await jobs.submit(REQUEST, LANG)
+
+    restarted = JobService(jobs.store, LocalEventBus(), LocalQueue(100))  # as after a restart
+    assert await restarted.recover(max_attempts=3) == 2
+    assert (await jobs.get(fresh.id)).status == Status.QUEUED
+    failed = await jobs.get(tired.id)
+    assert failed.status == Status.FAILED
+    assert failed.error_message and "3 times" in failed.error_message
+    queued = {await restarted.queue.get(), await restarted.queue.get()}
+    assert queued == {fresh.id, waiting.id}
+
+
+async def test_old_finished_jobs_are_pruned(jobs: JobService) -> None:
+    old = await jobs.submit(REQUEST, LANG)
+    await jobs.claim(old.id)
+    await jobs.complete(old.id, _result())
+    running = await jobs.submit(REQUEST, LANG)
+    await jobs.claim(running.id)
+    assert await jobs.prune(timedelta(days=1)) == 0
+    assert await jobs.prune(timedelta(seconds=-1)) == 1  # everything finished is "old"
+    assert await jobs.store.events(old.id) == []
+    assert (await jobs.get(running.id)).status == Status.RUNNING
