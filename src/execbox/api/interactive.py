@@ -31,19 +31,16 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import hmac
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
-from starlette.requests import HTTPConnection
 
-from execbox.api.deps import require_api_key
-from execbox.api.problems import ProblemError
 from execbox.jobs import new_job_id, to_result
 from execbox.logging import internal_error
 from execbox.models import ExecutionRequest, Status
@@ -51,8 +48,6 @@ from execbox.runner import InvalidRequest, RunnerEvent
 from execbox.services import Services
 from execbox.store import EventKind, Job, JobEvent, utcnow
 from execbox.worker import EventLog
-
-log = structlog.get_logger(__name__)
 
 router = APIRouter()
 
@@ -129,20 +124,25 @@ def _sessions(websocket: WebSocket) -> _Sessions:
     return sessions
 
 
-async def _authorize(websocket: WebSocket, services: Services) -> None:
-    """The HTTP API's key check, on the handshake's headers. Browsers cannot set
-    headers on a WebSocket, so the key may also come as the ``api_key`` query
-    parameter, checked as an X-API-Key header would be."""
-    connection: HTTPConnection = websocket
-    if key := websocket.query_params.get("api_key"):
-        headers = [*websocket.scope["headers"], (b"x-api-key", key.encode())]
-        connection = HTTPConnection({**websocket.scope, "headers": headers})
-    try:
-        # The declared credentials only document the OpenAPI schema; the check reads
-        # the headers of the connection itself.
-        await require_api_key(connection, services.settings, None, None)  # type: ignore[arg-type]
-    except ProblemError as exc:
-        raise _Refused(exc.status, exc.detail) from exc
+def _authorize(websocket: WebSocket, services: Services) -> None:
+    """The HTTP API's rule: with keys configured, every credential presented must be
+    one of them (Authorization: Bearer, X-API-Key, or, since browsers cannot set
+    headers on a WebSocket, the ``api_key`` query parameter)."""
+    keys = services.settings.api_key_list
+    if not keys:
+        return
+    given: list[str] = []
+    if (authorization := websocket.headers.get("authorization")) is not None:
+        scheme, _, token = authorization.partition(" ")
+        given.append(token.strip() if scheme.lower() == "bearer" else "")
+    for credential in (websocket.headers.get("x-api-key"), websocket.query_params.get("api_key")):
+        if credential is not None:
+            given.append(credential)
+    if not given:
+        raise _Refused(401, "an API key is required: send `Authorization: Bearer KEY`")
+    # Compared with every key in constant time, so timing reveals nothing of any key.
+    if not all(any([hmac.compare_digest(c.encode(), k.encode()) for k in keys]) for c in given):
+        raise _Refused(401, "the API key is not valid")
 
 
 def _read_request(text: str, services: Services) -> ExecutionRequest:
@@ -181,7 +181,7 @@ async def interactive(websocket: WebSocket) -> None:
             text = await websocket.receive_text()
         except KeyError:  # a binary message
             raise _Refused(400, "send the request as a JSON text message") from None
-        await _authorize(websocket, services)
+        _authorize(websocket, services)
         request = _read_request(text, services)
         if len(sessions.running) >= sessions.limit:
             raise _Refused(429, f"{sessions.limit} interactive runs are going on; try later")
