@@ -11,7 +11,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from execbox.client import _core
-from execbox.client._core import Call, Config, Event, ResultEvent, RunOptions
+from execbox.client._core import (
+    Call,
+    Config,
+    Event,
+    InteractiveHandle,
+    JobHandle,
+    ResultEvent,
+    RunOptions,
+)
 from execbox.languages import LanguageInfo
 from execbox.models import ExecutionRequest, ExecutionResult
 
@@ -85,18 +93,12 @@ class AsyncClient:
         await self.close()
 
 
-class AsyncJob:
+class AsyncJob(JobHandle):
     """A submitted execution. ``result`` is what was last heard of it."""
 
     def __init__(self, client: AsyncClient, result: ExecutionResult) -> None:
-        assert result.id is not None
+        super().__init__(result)
         self._client = client
-        self.id: str = result.id
-        self.result = result
-
-    @property
-    def status(self) -> str:
-        return self.result.status.value
 
     async def refresh(self) -> ExecutionResult:
         self.result = await self._client._call(_core.get_call(self.id))
@@ -134,26 +136,13 @@ class AsyncJob:
                 pass
         return self.result
 
-    def __repr__(self) -> str:
-        return f"<AsyncJob {self.id} {self.status}>"
 
-
-class AsyncInteractive:
+class AsyncInteractive(InteractiveHandle):
     """A live run; see ``Interactive``. Iterate with ``async for``."""
 
     def __init__(self, config: Config, body: dict[str, Any]) -> None:
-        self._config = config
-        self._body = body
-        self._state = _core.InteractiveState()
+        super().__init__(config, body)
         self._ws: ClientConnection | None = None
-
-    @property
-    def id(self) -> str | None:
-        return self._state.id
-
-    @property
-    def result(self) -> ExecutionResult | None:
-        return self._state.result
 
     async def __aenter__(self) -> Self:
         try:
@@ -206,5 +195,4 @@ class AsyncInteractive:
         """Reads events to the end; returns the result."""
         async for _ in self:
             pass
-        assert self._state.result is not None
-        return self._state.result
+        return self._final()

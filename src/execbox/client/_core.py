@@ -260,6 +260,48 @@ class Config:
         return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{INTERACTIVE_PATH}"
 
 
+# -- handles -------------------------------------------------------------------------
+
+
+class JobHandle:
+    """What a job handle knows, sync or async: ``result`` is what was last heard."""
+
+    def __init__(self, result: ExecutionResult) -> None:
+        if result.id is None:
+            raise ValueError("the server answered without an execution id")
+        self.id: str = result.id
+        self.result = result
+
+    @property
+    def status(self) -> str:
+        return self.result.status.value
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.status}>"
+
+
+class InteractiveHandle:
+    """What an interactive run knows, sync or async: its id once started, its result
+    once finished."""
+
+    def __init__(self, config: Config, body: dict[str, Any]) -> None:
+        self._config = config
+        self._body = body
+        self._state = InteractiveState()
+
+    @property
+    def id(self) -> str | None:
+        return self._state.id
+
+    @property
+    def result(self) -> ExecutionResult | None:
+        return self._state.result
+
+    def _final(self) -> ExecutionResult:
+        assert self._state.result is not None, "iterated to the end, so the result came"
+        return self._state.result
+
+
 # -- the interactive protocol ----------------------------------------------------------
 
 

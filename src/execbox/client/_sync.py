@@ -11,7 +11,15 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from execbox.client import _core
-from execbox.client._core import Call, Config, Event, ResultEvent, RunOptions
+from execbox.client._core import (
+    Call,
+    Config,
+    Event,
+    InteractiveHandle,
+    JobHandle,
+    ResultEvent,
+    RunOptions,
+)
 from execbox.languages import LanguageInfo
 from execbox.models import ExecutionRequest, ExecutionResult
 
@@ -89,18 +97,12 @@ class Client:
         self.close()
 
 
-class Job:
+class Job(JobHandle):
     """A submitted execution. ``result`` is what was last heard of it."""
 
     def __init__(self, client: Client, result: ExecutionResult) -> None:
-        assert result.id is not None
+        super().__init__(result)
         self._client = client
-        self.id: str = result.id
-        self.result = result
-
-    @property
-    def status(self) -> str:
-        return self.result.status.value
 
     def refresh(self) -> ExecutionResult:
         self.result = self._client._call(_core.get_call(self.id))
@@ -136,29 +138,16 @@ class Job:
                 pass
         return self.result
 
-    def __repr__(self) -> str:
-        return f"<Job {self.id} {self.status}>"
 
-
-class Interactive:
+class Interactive(InteractiveHandle):
     """A live run. Iterate to get its events up to the result; ``send()`` text to its
     stdin, ``close_stdin()``, ``kill()``. Leaving the block ends the connection,
     which kills the program if it still runs."""
 
     def __init__(self, config: Config, body: dict[str, Any]) -> None:
-        self._config = config
-        self._body = body
-        self._state = _core.InteractiveState()
+        super().__init__(config, body)
         self._ws: ClientConnection | None = None
         self._exit = contextlib.ExitStack()
-
-    @property
-    def id(self) -> str | None:
-        return self._state.id
-
-    @property
-    def result(self) -> ExecutionResult | None:
-        return self._state.result
 
     def __enter__(self) -> Self:
         try:
@@ -212,5 +201,4 @@ class Interactive:
         """Reads events to the end; returns the result."""
         for _ in self:
             pass
-        assert self._state.result is not None
-        return self._state.result
+        return self._final()
