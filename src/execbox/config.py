@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
+    # Scale-out (EXECBOX_REDIS_URL set; the database must then be PostgreSQL)
+    embedded_workers: bool | None = Field(
+        None,
+        description="Run workers inside `execbox serve` (default: yes, but not in scale-out "
+        "mode, where `execbox worker` processes take the jobs)",
+    )
+    redis_prefix: str = Field(
+        "execbox", description="Names execbox's queue, keys and channels in Redis"
+    )
+    heartbeat_s: float = Field(2, gt=0, description="How often a worker says it is alive")
+    lease_s: float = Field(
+        10, gt=0, description="A job whose worker was silent this long runs again elsewhere"
+    )
+
     @property
     def api_key_list(self) -> list[str]:
         return _split(self.api_keys)
@@ -93,6 +107,14 @@ class Settings(BaseSettings):
     @property
     def webhook_host_list(self) -> list[str]:
         return [host.lower() for host in _split(self.webhook_allowed_hosts)]
+
+    @property
+    def scale_out(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def runs_embedded_workers(self) -> bool:
+        return not self.scale_out if self.embedded_workers is None else self.embedded_workers
 
     @property
     def database(self) -> str:

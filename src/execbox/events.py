@@ -14,13 +14,17 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from execbox.store import JobEvent
+from execbox.store import EventKind, JobEvent
 
 CancelHandler = Callable[[str], None]
 
 
 class Lagged(Exception):
     """The subscriber fell behind and events were dropped: read them from the store."""
+
+
+# Put in a subscription's queue by lag() only to wake its reader; never returned.
+_WAKE_UP = JobEvent(EventKind.STATUS)
 
 
 class Subscription:
@@ -37,16 +41,25 @@ class Subscription:
             # Never let a slow reader hold the publisher or grow memory without bound.
             self._lagged = True
 
+    def lag(self) -> None:
+        """Events may have been missed (a bus lost its connection): the reader is told
+        so, at once even while it waits, and reads them from the store."""
+        self._lagged = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_WAKE_UP)
+
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> JobEvent:
-        if self._lagged:
-            self._lagged = False
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            raise Lagged
-        return await self._queue.get()
+        if not self._lagged:
+            event = await self._queue.get()
+            if not self._lagged:
+                return event
+        self._lagged = False
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        raise Lagged
 
 
 class EventBus(ABC):
