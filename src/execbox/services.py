@@ -12,16 +12,26 @@ import structlog
 
 from execbox.config import Settings
 from execbox.events import EventBus, LocalEventBus
+from execbox.events_redis import RedisEventBus
 from execbox.jobs import JobService
 from execbox.languages import LanguageInfo
 from execbox.logging import internal_error
 from execbox.metrics import Metrics
 from execbox.models import LanguageRef
 from execbox.queue import JobQueue, LocalQueue
+from execbox.queue.redis import RedisQueue, connect
 from execbox.runner import Runner
+from execbox.scaleout import Upkeep
 from execbox.store import Database, JobStore
 from execbox.webhooks import Webhooks
 from execbox.worker import WorkerPool
+from execbox.workers_registry import (
+    LocalRegistry,
+    LocalWorker,
+    RedisRegistry,
+    WorkerRegistry,
+    new_worker_id,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -39,42 +49,88 @@ class Services:
     metrics: Metrics
     webhooks: Webhooks
     workers: WorkerPool | None
+    registry: WorkerRegistry
     _stack: contextlib.AsyncExitStack
     _languages: dict[str, LanguageInfo] = field(default_factory=dict)
 
     @classmethod
-    async def start(cls, settings: Settings) -> Services:
-        """Embedded mode: in-process queue and bus, a worker pool in this process."""
+    async def start(cls, settings: Settings, *, workers: bool | None = None) -> Services:
+        """Embedded mode: in-process queue and bus, a worker pool in this process.
+        Scale-out mode (EXECBOX_REDIS_URL): SAQ's Redis queue and the Redis bus; a worker
+        pool with ``workers`` (``execbox worker``), by default only if
+        EXECBOX_EMBEDDED_WORKERS says so."""
+        with_workers = settings.runs_embedded_workers if workers is None else workers
+        worker_id = new_worker_id()
         async with contextlib.AsyncExitStack() as stack:
             db = Database(settings.database, settings.database_schema)
             stack.push_async_callback(db.close)
+            if settings.scale_out and db.is_sqlite:
+                raise ValueError(
+                    "scale-out mode (EXECBOX_REDIS_URL) needs a database all processes share: "
+                    "set EXECBOX_DATABASE_URL=postgresql+asyncpg://USER@HOST/DB"
+                )
             await db.migrate()
             runner = await Runner.create(settings)
             stack.push_async_callback(runner.close)
-            bus = LocalEventBus()
-            queue = LocalQueue(settings.queue_size)
+            bus: EventBus
+            queue: JobQueue
+            registry: WorkerRegistry = LocalRegistry(None)
+            redis_parts: tuple[RedisQueue, RedisRegistry] | None = None
+            if settings.scale_out:
+                redis = connect(settings)
+                bus = RedisEventBus(redis, settings.redis_prefix)
+                await bus.start()
+                stack.push_async_callback(bus.close)
+                queue = RedisQueue(redis, settings, worker_id)
+                registry = RedisRegistry(queue.saq, ttl_s=settings.lease_s)
+                redis_parts = (queue, registry)
+            else:
+                bus = LocalEventBus()
+                queue = LocalQueue(settings.queue_size)
             stack.push_async_callback(queue.close)
             metrics = Metrics()
             webhooks = Webhooks(settings, metrics)
             stack.push_async_callback(webhooks.close, settings.shutdown_grace_s)
             jobs = JobService(JobStore(db), bus, queue)
-            requeued = await jobs.recover(settings.max_attempts)
-            if requeued:
-                log.info("jobs queued again after a restart", count=requeued)
-            workers = WorkerPool(
-                runner=runner, jobs=jobs, queue=queue, webhooks=webhooks, metrics=metrics,
-                concurrency=settings.workers,
-            )  # fmt: skip
-            workers.start()
-            stack.push_async_callback(workers.stop, settings.shutdown_grace_s)
+            if not settings.scale_out:
+                # In scale-out mode running jobs may belong to live workers elsewhere;
+                # the upkeep of the workers finds those that are not (execbox.scaleout).
+                requeued = await jobs.recover(settings.max_attempts)
+                if requeued:
+                    log.info("jobs queued again after a restart", count=requeued)
+            pool = None
+            if with_workers:
+                pool = WorkerPool(
+                    runner=runner, jobs=jobs, queue=queue, webhooks=webhooks, metrics=metrics,
+                    concurrency=settings.workers, worker_id=worker_id,
+                )  # fmt: skip
+                worker = LocalWorker(worker_id, pool, runner)
+                if redis_parts is not None:
+                    redis_queue, redis_registry = redis_parts
+                    upkeep = Upkeep(
+                        settings,
+                        queue=redis_queue,
+                        jobs=jobs,
+                        registry=redis_registry,
+                        worker=worker,
+                    )
+                    upkeep.start()
+                    # Stopped after the pool (exit callbacks run in reverse): a draining
+                    # pool's jobs keep their leases.
+                    stack.push_async_callback(upkeep.stop)
+                else:
+                    registry = LocalRegistry(worker)
+                pool.start()
+                stack.push_async_callback(pool.stop, settings.shutdown_grace_s)
             if settings.retention_days > 0:
                 pruner = asyncio.create_task(
                     _prune_forever(jobs, timedelta(days=settings.retention_days))
                 )
                 stack.callback(pruner.cancel)
             services = cls(
-                settings, db, runner, bus, queue, jobs, metrics, webhooks, workers, stack.pop_all()
-            )
+                settings, db, runner, bus, queue, jobs, metrics, webhooks, pool, registry,
+                stack.pop_all(),
+            )  # fmt: skip
         services._languages = {
             key.lower(): info for info in runner.languages() for key in (info.name, *info.aliases)
         }

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from execbox import playground
-from execbox.api import executions, interactive, system
+from execbox.api import executions, interactive, system, workers
 from execbox.api.middleware import BodyLimit, RequestContext
 from execbox.api.problems import install_problem_handlers, use_problem_media_type
 from execbox.config import Settings
@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(executions.router)
     app.include_router(system.router)
+    app.include_router(workers.router)
     app.include_router(interactive.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.static_files(), name="playground")

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from execbox.jobs import IllegalTransition, JobNotFound
 from execbox.logging import internal_error
+from execbox.outage import unavailable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -108,6 +109,12 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    if (dependency := unavailable(exc)) is not None:
+        return problem_response(
+            503,
+            f"{dependency} is unavailable; try again shortly (GET /health tells more)",
+            headers={"Retry-After": "5"},
+        )
     debug_id = internal_error("unhandled error", path=request.url.path)
     return problem_response(
         500, "an internal error occurred; the server log has the details", debug_id=debug_id
