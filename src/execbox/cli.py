@@ -299,6 +299,24 @@ def serve(
     serve_api(host, port, allow_insecure=allow_insecure)
 
 
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Jobs run at once (default: EXECBOX_WORKERS, else the CPUs)"),
+    ] = None,
+) -> None:
+    """Take jobs from the Redis queue (scale-out mode) until SIGTERM.
+
+    Needs EXECBOX_REDIS_URL and EXECBOX_DATABASE_URL (PostgreSQL), the same as the API
+    servers'. On SIGTERM it takes no new job, lets running ones finish for
+    EXECBOX_SHUTDOWN_GRACE_S, and hands the rest back to the queue.
+    """
+    from execbox.worker_cli import run_worker
+
+    run_worker(concurrency)
+
+
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
