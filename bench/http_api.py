@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -99,10 +100,23 @@ async def floor_run() -> None:
 async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        breakdown: list[dict[str, float]] = []
 
         async def sync_run() -> None:
             response = await client.post("/v1/executions", json=BODY)
-            assert response.json()["run"]["stdout"] == "2\n", response.text
+            result = response.json()
+            assert result["run"]["stdout"] == "2\n", response.text
+            created, started, finished = (
+                datetime.fromisoformat(result[key])
+                for key in ("created_at", "started_at", "finished_at")
+            )
+            breakdown.append(
+                {
+                    "queued_ms": (started - created).total_seconds() * 1000,
+                    "running_ms": (finished - started).total_seconds() * 1000,
+                    "program_wall_ms": result["run"]["wall_time_ms"],
+                }
+            )
 
         async def ack() -> None:
             response = await client.post("/v1/executions", params={"wait": "false"}, json=BODY)
@@ -112,7 +126,9 @@ async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
         await sequential(floor_run, 5)
         floor_seq = await sequential(floor_run, n)
         floor_rps, _ = await concurrent(floor_run, 2 * n)
+        breakdown.clear()
         http_seq = await sequential(sync_run, n)
+        parts = {key: statistics.median(b[key] for b in breakdown) for key in breakdown[0]}
         http_rps, _ = await concurrent(sync_run, 2 * n)
         _, acks = await concurrent(ack, 2 * n)
         # Let the acknowledged jobs drain so the server stops with an empty queue.
@@ -129,6 +145,8 @@ async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
             "sequential_median_ms": statistics.median(http_seq),
             "sequential_p99_ms": percentile(http_seq, 99),
             "throughput_rps": http_rps,
+            # Where a sequential request's time goes (medians, from the results' times).
+            "breakdown_ms": parts,
         },
         "http_ack": {"p50_ms": percentile(acks, 50), "p99_ms": percentile(acks, 99)},
     }
@@ -164,6 +182,11 @@ def main() -> None:
     print(
         f"{f'throughput, {CLIENTS} clients (/s)':28}{floor['throughput_rps']:12.1f}"
         f"{sync['throughput_rps']:14.1f}{ratios['throughput_ratio']:9.2f}{'>= 0.6':>10}"
+    )
+    parts = sync["breakdown_ms"]
+    print(
+        "sync request, medians (ms): queued {queued_ms:.2f}, running {running_ms:.2f} "
+        "(program wall {program_wall_ms:.2f})".format(**parts)
     )
     print(f"{f'wait=false ack p50 / p99 (ms), {CLIENTS} clients':44}", end="")
     print(f"{ack['p50_ms']:.2f} / {ack['p99_ms']:.2f}   (target p99 <= 20)")

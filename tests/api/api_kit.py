@@ -3,6 +3,7 @@ small helpers for talking to it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,10 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 STARTUP_LIMIT_S = 60  # a guard against a hang, not a measurement
+
+
+def drop_schema(schema: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
 
 
 def free_port() -> int:

@@ -4,26 +4,13 @@ that is dropped afterwards."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import shutil
 from collections.abc import Iterator
 
-import asyncpg
 import httpx
 import pytest
-from api_kit import PG_URL, Server
-
-
-def _drop_schema(schema: str) -> None:
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+from api_kit import PG_URL, Server, drop_schema
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -36,7 +23,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     try:
         yield {"EXECBOX_DATABASE_URL": PG_URL, "EXECBOX_DATABASE_SCHEMA": schema}
     finally:
-        _drop_schema(schema)
+        drop_schema(schema)
 
 
 def make_server(env: dict[str, str]) -> Iterator[Server]:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import _drop_schema
+from api_kit import drop_schema
 
 from execbox.events import LocalEventBus
 from execbox.jobs import IllegalTransition, JobService
@@ -38,7 +38,7 @@ async def jobs(backend: dict[str, str]) -> AsyncIterator[JobService]:
     finally:
         await db.close()
         if schema:
-            await asyncio.to_thread(_drop_schema, schema)
+            await asyncio.to_thread(drop_schema, schema)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
