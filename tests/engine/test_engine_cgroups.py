@@ -7,6 +7,7 @@ and detection is fed fake mount tables of pure v2, hybrid and v1-with-joint-moun
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from pathlib import Path
 
@@ -279,3 +280,33 @@ def test_v1_set_limits_order_keeps_memsw_above_limit(
     assert (dirs["pids"] / "pids.max").read_text() == "10"
     assert (dirs["cpu"] / "cpu.cfs_quota_us").read_text() == "150000"
     assert (dirs["cpu"] / "cpu.cfs_period_us").read_text() == "100000"
+
+
+def test_v2_setup_in_a_container_moves_root_processes_to_a_leaf(
+    v2_tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's cgroupns root holding processes refuses to delegate (EBUSY, the
+    kernel's "no internal processes" rule) until they sit in a leaf cgroup."""
+    root, _ = v2_tree
+    (root / "cgroup.procs").write_text("1\n4242\n")
+    (root / "cgroup.subtree_control").write_text("")
+    (root / "execbox-server").mkdir()
+    (root / "execbox-server" / "cgroup.procs").write_text("")
+    real_write = cgroups._write
+
+    def kernel_like_write(path: Path, value: str) -> None:
+        if path == root / "cgroup.subtree_control" and (root / "cgroup.procs").read_text().strip():
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        if path.name == "cgroup.procs" and path.parent != root:
+            # A move: the kernel takes the pid out of its old cgroup.
+            old = (root / "cgroup.procs").read_text().split()
+            (root / "cgroup.procs").write_text("\n".join(p for p in old if p != value))
+            with open(path, "a") as fh:
+                fh.write(value + "\n")
+            return
+        real_write(path, value)
+
+    monkeypatch.setattr(cgroups, "_write", kernel_like_write)
+    V2Manager(root, "execbox").setup()
+    assert (root / "execbox-server" / "cgroup.procs").read_text().split() == ["1", "4242"]
+    assert "+memory" in (root / "cgroup.subtree_control").read_text()

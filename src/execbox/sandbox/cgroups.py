@@ -23,6 +23,8 @@ from pathlib import Path
 from execbox.sandbox.errors import SandboxUnavailable
 
 V1_CONTROLLERS = ("memory", "pids", "cpuacct", "cpu")
+# Where the processes of a container's root cgroup go so that it can delegate (v2).
+SERVER_LEAF = "execbox-server"
 REMOVE_ATTEMPTS = 400
 REMOVE_PAUSE_S = 0.005
 V2_CONTROLLERS = ("memory", "pids", "cpu")
@@ -295,8 +297,25 @@ class V2Manager(CgroupManager):
         enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
         for level in (self.mount, self.parent):
             enabled = set(_read(level / "cgroup.subtree_control").split())
-            if not wanted <= enabled:
+            if wanted <= enabled:
+                continue
+            try:
                 _write(level / "cgroup.subtree_control", enable)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or level != self.mount:
+                    raise
+                # A container's cgroup namespace root holding processes (ours among
+                # them) may not delegate controllers: "no internal processes". Move
+                # them to a leaf, as container init systems do, then delegate.
+                self._evacuate_root()
+                _write(level / "cgroup.subtree_control", enable)
+
+    def _evacuate_root(self) -> None:
+        leaf = self.mount / SERVER_LEAF
+        leaf.mkdir(exist_ok=True)
+        for pid in _read(self.mount / "cgroup.procs").split():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                _write(leaf / "cgroup.procs", pid)
 
     def create(self, name: str) -> RunCgroup:
         path = self.parent / name
