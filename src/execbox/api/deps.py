@@ -17,12 +17,14 @@ _bearer = HTTPBearer(auto_error=False, description="An API key as a Bearer token
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key")
 
 
-def get_services(request: Request) -> Services:
+# async, though they await nothing: FastAPI runs plain functions in a thread pool,
+# a thread hop per dependency per request.
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

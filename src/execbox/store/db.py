@@ -13,6 +13,7 @@ PostgreSQL goes through asyncpg, truly async.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
@@ -99,6 +100,10 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._sqlite: sa.Engine | None = None
         self._async: AsyncEngine | None = None
+        # Held across each SQLite transaction (taken at once when free, which is always
+        # unless a caller awaits real I/O inside one): without it, a second transaction
+        # would start on the same connection in the middle of the first.
+        self._sqlite_lock = asyncio.Lock()
         if self.is_sqlite:
             self._sqlite = _sqlite_engine(self.url)
         else:
@@ -114,8 +119,9 @@ class Database:
     async def write(self) -> AsyncIterator[Connection]:
         """A write transaction, committed on exit, rolled back on error."""
         if self._sqlite is not None:
-            with self._sqlite_transaction() as conn:
-                yield _InlineConnection(conn)
+            async with self._sqlite_lock:
+                with self._sqlite_transaction() as conn:
+                    yield _InlineConnection(conn)
         else:
             assert self._async is not None
             async with self._async.begin() as conn:
@@ -136,8 +142,9 @@ class Database:
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
         if self._sqlite is not None:
-            with self._sqlite.connect() as conn:
-                yield _InlineConnection(conn)
+            async with self._sqlite_lock:
+                with self._sqlite.connect() as conn:
+                    yield _InlineConnection(conn)
         else:
             assert self._async is not None
             async with self._async.connect() as conn:
