@@ -62,11 +62,15 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def use_problem_media_type(schema: dict[str, Any]) -> dict[str, Any]:
     """Declares every error response of the OpenAPI document as problem JSON, which
-    is what the handlers below send (FastAPI would say application/json)."""
+    is what the handlers below send (FastAPI would say application/json), and the 401
+    of every operation that takes an API key."""
     problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
-            for code, response in operation.get("responses", {}).items():
+            responses = operation.setdefault("responses", {})
+            if operation.get("security"):  # behind require_api_key, whichever router
+                responses.setdefault("401", {"description": HTTPStatus(401).phrase})
+            for code, response in responses.items():
                 if code[0] in "45":
                     response["content"] = {PROBLEM_MEDIA_TYPE: problem}
     schemas = schema.get("components", {}).get("schemas", {})
