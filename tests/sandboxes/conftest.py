@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -18,7 +20,11 @@ from execbox.config import Settings
 from execbox.sandbox import Sandbox
 from execbox.sandbox.netns import NamespaceDialer
 
-TEST_UID = 60178
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+from api_kit import Server  # the API suite's real-server helper
+
+TEST_UID = 60361
+SERVER_UID = 60362  # the API server's sandboxes, counted apart from the engine tests'
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +62,40 @@ def dialer() -> Iterator[NamespaceDialer]:
     dialer = NamespaceDialer()
     yield dialer
     dialer.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    """A real execbox server running the real sandbox, on SQLite."""
+    runtime_dir = Path(tempfile.mkdtemp(prefix="execbox-sbx-api-run-"))
+    runtime_dir.chmod(0o711)
+    server = Server(
+        {
+            "EXECBOX_SANDBOX_UID": str(SERVER_UID),
+            "EXECBOX_SANDBOX_GID": str(SERVER_UID),
+            "EXECBOX_CGROUP_NAME": f"execbox-sbx-api-{os.getpid()}",
+            "EXECBOX_RUNTIME_DIR": str(runtime_dir),
+            "EXECBOX_WARM_POOL_SIZE": "0",
+            "EXECBOX_WORKERS": "1",
+            "EXECBOX_MAX_SANDBOXES": "4",
+            "EXECBOX_SANDBOX_FILE_MB": "1",
+            "EXECBOX_SANDBOX_START_WAIT_S": "20",
+        }
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    """A client whose sandboxes are deleted after the test."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+        for info in client.get("/v1/sandboxes", params={"status": "running"}).json():
+            client.delete(f"/v1/sandboxes/{info['id']}")

@@ -116,3 +116,10 @@ async def test_close_kills_everything_and_frees_the_workspace(engine: Sandbox) -
     await session.close()
     assert not path.exists()
     assert [pid for pid in pids if running(pid)] == []
+
+
+async def test_quick_commands_never_lose_their_exit(session: Session) -> None:
+    # A command may end before exec() returns: its exit must still be matched.
+    for _ in range(20):
+        result = await session.run(Command(["/bin/true"]), command_limits(LIMITS, 30, 1024))
+        assert result.verdict == Verdict.OK

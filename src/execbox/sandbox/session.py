@@ -323,23 +323,22 @@ class Session:
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         try:
+            # Registered before it is sent: a quick command's exit may arrive at once.
+            proc = Process(
+                self, cid, await write_pipe(stdin_w), await read_pipe(stdout_r),
+                await read_pipe(stderr_r),
+            )  # fmt: skip
+            self._running[cid] = proc
             self._send(f"run {cid}\n".encode() + request, [stdin_r, stdout_w, stderr_w])
         except BaseException:
-            for fd in (stdin_w, stdout_r, stderr_r):
-                os.close(fd)
+            unsent = self._running.pop(cid, None)
+            if unsent is not None:
+                unsent.close_stdin()
             raise
         finally:
             # The program's ends now live in init (and its child) only: EOF comes with it.
             for fd in (stdin_r, stdout_w, stderr_w):
                 os.close(fd)
-        proc = Process(
-            self,
-            cid,
-            await write_pipe(stdin_w),
-            await read_pipe(stdout_r),
-            await read_pipe(stderr_r),
-        )
-        self._running[cid] = proc
         proc._start(limits, on_output, capture)
         return proc
 

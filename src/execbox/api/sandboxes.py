@@ -1,0 +1,567 @@
+"""Persistent sandboxes over HTTP: lifecycle, files, commands, builds and the preview
+proxy (HTTP and WebSocket) to servers listening inside a sandbox. Thin: the work is
+in execbox.sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import httpcore
+import websockets
+from fastapi import (
+    APIRouter,
+    Body,
+    Depends,
+    FastAPI,
+    Header,
+    Path,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+)
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
+from starlette.websockets import WebSocketDisconnect
+
+from execbox.api.deps import require_api_key
+from execbox.api.problems import ProblemError, problem_responses
+from execbox.sandbox import SandboxError, WorkspacePathError
+from execbox.sandboxes.builds import BuildNotFound, Builds
+from execbox.sandboxes.eventlog import EventLog
+from execbox.sandboxes.schemas import (
+    BuildCreate,
+    BuildInfo,
+    CommandCreate,
+    CommandInfo,
+    FileEntry,
+    SandboxCreate,
+    SandboxInfo,
+    SandboxStatus,
+    StdinInput,
+    TimeoutUpdate,
+)
+from execbox.sandboxes.service import (
+    CommandNotFound,
+    InvalidSandboxRequest,
+    SandboxElsewhere,
+    SandboxGone,
+    SandboxNotFound,
+    SandboxService,
+    TooManySandboxes,
+)
+from execbox.services import Services
+
+# Headers that belong to one hop (RFC 9110 §7.6.1), and the caller's credentials for
+# execbox, which the sandbox must never see.
+HOP_BY_HOP = {
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"authorization", b"x-api-key",
+}  # fmt: skip
+PREVIEW_TIMEOUTS = {"connect": 10.0, "read": 300.0, "write": 60.0, "pool": 30.0}
+WS_MAX_MESSAGE = 16 << 20
+
+
+def _problem(exc: Exception) -> ProblemError | None:
+    """The problem a sandbox error means for the caller, if it is one of ours."""
+    # The workspace reports a missing parent directory as a path error caused by it.
+    if isinstance(exc, FileNotFoundError) or isinstance(exc.__cause__, FileNotFoundError):
+        return ProblemError(404, "no such file or directory in the workspace")
+    match exc:
+        case SandboxNotFound():
+            return ProblemError(404, f"no sandbox with id {exc}")
+        case SandboxGone():
+            return ProblemError(410, str(exc), sandbox=exc.info.model_dump(mode="json"))
+        case CommandNotFound() | BuildNotFound():
+            return ProblemError(404, str(exc))
+        case TooManySandboxes():
+            return ProblemError(429, str(exc), headers={"Retry-After": "10"})
+        case SandboxElsewhere():
+            return ProblemError(409, str(exc))
+        case InvalidSandboxRequest():
+            return ProblemError(422, str(exc))
+        case WorkspacePathError():
+            return ProblemError(400, str(exc))
+        case IsADirectoryError() | NotADirectoryError():
+            return ProblemError(400, "the path names a directory where a file is needed")
+        case SandboxError() if "No space left" in str(exc):
+            return ProblemError(507, f"the workspace is full: {exc}")
+    return None
+
+
+class _SandboxRoute(APIRoute):
+    """Turns the sandbox layer's errors into problem responses."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (LookupError, SandboxGone, TooManySandboxes, SandboxElsewhere, ValueError,
+                    OSError, SandboxError) as exc:  # fmt: skip
+                problem = _problem(exc)
+                if problem is None:
+                    raise
+                raise problem from exc
+
+        return handle
+
+
+router = APIRouter(tags=["sandboxes"])
+http = APIRouter(
+    prefix="/v1/sandboxes",
+    route_class=_SandboxRoute,
+    dependencies=[Depends(require_api_key)],
+    # Every route may meet every sandbox problem (gone, elsewhere, at the cap, ...).
+    responses=problem_responses(400, 401, 404, 409, 410, 413, 422, 429, 502, 504, 507),
+)
+
+SandboxId = Annotated[str, Path(max_length=64)]
+CommandId = Annotated[str, Path(max_length=64)]
+Port = Annotated[int, Path(ge=1, le=65535)]
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI, services: Services) -> AsyncIterator[None]:
+    """Sandboxes for the app's lifetime, on the engine and database of ``services``;
+    they all end (and are recorded as lost) when it stops."""
+    service = await SandboxService.start(services.settings, services.runner.sandbox, services.db)
+    app.state.sandboxes = service
+    app.state.sandbox_builds = Builds(service)
+    try:
+        yield
+    finally:
+        await service.close()
+
+
+def get_sandboxes(request: Request) -> SandboxService:
+    service: SandboxService = request.app.state.sandboxes
+    return service
+
+
+SandboxesDep = Annotated[SandboxService, Depends(get_sandboxes)]
+
+
+def _public(request: Request, info: Any) -> Any:
+    """Preview paths as absolute URLs of this server, as the caller reached it."""
+    if getattr(info, "preview_url", None):
+        base = str(request.base_url).rstrip("/")
+        return info.model_copy(update={"preview_url": base + info.preview_url})
+    return info
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+@http.post("", status_code=201, response_model=SandboxInfo)
+async def create_sandbox(
+    body: SandboxCreate, request: Request, response: Response, sandboxes: SandboxesDep
+) -> SandboxInfo:
+    info = await sandboxes.create(body)
+    response.headers["Location"] = f"/v1/sandboxes/{info.id}"
+    return _public(request, info)
+
+
+@http.get("", response_model=list[SandboxInfo])
+async def list_sandboxes(
+    request: Request,
+    sandboxes: SandboxesDep,
+    status: SandboxStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[SandboxInfo]:
+    """Newest first; filter on metadata with `?metadata.KEY=VALUE` (all must match)."""
+    metadata = {
+        key.removeprefix("metadata."): value
+        for key, value in request.query_params.items()
+        if key.startswith("metadata.")
+    }
+    found = await sandboxes.list(metadata, status, limit)
+    return [_public(request, info) for info in found]
+
+
+@http.get("/{sandbox_id}", response_model=SandboxInfo)
+async def get_sandbox(
+    sandbox_id: SandboxId, request: Request, sandboxes: SandboxesDep
+) -> SandboxInfo:
+    """Also for ended sandboxes: their status and end_reason say why."""
+    return _public(request, await sandboxes.get(sandbox_id))
+
+
+@http.delete("/{sandbox_id}", response_model=SandboxInfo)
+async def delete_sandbox(sandbox_id: SandboxId, sandboxes: SandboxesDep) -> SandboxInfo:
+    """Kills every process and frees the workspace."""
+    return await sandboxes.kill(sandbox_id)
+
+
+@http.post(
+    "/{sandbox_id}/timeout",
+    response_model=SandboxInfo,
+)
+async def set_timeout(
+    sandbox_id: SandboxId, body: TimeoutUpdate, request: Request, sandboxes: SandboxesDep
+) -> SandboxInfo:
+    """The sandbox now expires `timeout_s` from now."""
+    return _public(request, await sandboxes.set_timeout(sandbox_id, body.timeout_s))
+
+
+# -- files -----------------------------------------------------------------------------
+
+
+@http.get("/{sandbox_id}/files", response_model=list[FileEntry])
+async def list_files(
+    sandbox_id: SandboxId, sandboxes: SandboxesDep, path: str = ""
+) -> list[FileEntry]:
+    entries = await sandboxes.list_files(sandbox_id, path)
+    prefix = path.strip("/")
+    return [
+        FileEntry(
+            name=e.name,
+            path=f"{prefix}/{e.name}".lstrip("/"),
+            type=e.type,
+            size=e.size,
+            mtime=datetime.fromtimestamp(e.mtime, UTC),
+        )
+        for e in entries
+    ]
+
+
+@http.put(
+    "/{sandbox_id}/files/{path:path}",
+    status_code=201,
+)
+async def write_file(
+    sandbox_id: SandboxId, path: str, request: Request, sandboxes: SandboxesDep
+) -> dict[str, Any]:
+    """The request body, byte for byte, becomes the file (parents are created)."""
+    cap = sandboxes.config.sandbox_file_mb << 20
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ProblemError(413, f"files sent through the API are at most {cap} bytes")
+        chunks.append(chunk)
+    await sandboxes.write_file(sandbox_id, path, b"".join(chunks))
+    return {"path": path, "size": size}
+
+
+@http.get(
+    "/{sandbox_id}/files/{path:path}",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+    },
+)
+async def read_file(sandbox_id: SandboxId, path: str, sandboxes: SandboxesDep) -> Response:
+    data = await sandboxes.read_file(sandbox_id, path)
+    return Response(data, media_type="application/octet-stream")
+
+
+@http.delete("/{sandbox_id}/files/{path:path}", status_code=204)
+async def remove_file(sandbox_id: SandboxId, path: str, sandboxes: SandboxesDep) -> Response:
+    await sandboxes.remove_file(sandbox_id, path)
+    return Response(status_code=204)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@http.post(
+    "/{sandbox_id}/commands",
+    response_model=CommandInfo,
+    responses={
+        202: {"model": CommandInfo},
+    },
+)
+async def run_command(
+    sandbox_id: SandboxId, body: CommandCreate, response: Response, sandboxes: SandboxesDep
+) -> CommandInfo:
+    """Foreground: answers when the command ends, with its `result` (a Stage).
+    Background: answers 202 at once; follow `…/commands/{id}/events`."""
+    info = await sandboxes.run_command(sandbox_id, body)
+    if body.background:
+        response.status_code = 202
+        response.headers["Location"] = f"/v1/sandboxes/{sandbox_id}/commands/{info.id}"
+    return info
+
+
+@http.get("/{sandbox_id}/commands", response_model=list[CommandInfo])
+async def list_commands(sandbox_id: SandboxId, sandboxes: SandboxesDep) -> list[CommandInfo]:
+    return await sandboxes.commands(sandbox_id)
+
+
+@http.get(
+    "/{sandbox_id}/commands/{command_id}",
+    response_model=CommandInfo,
+)
+async def get_command(
+    sandbox_id: SandboxId, command_id: CommandId, sandboxes: SandboxesDep
+) -> CommandInfo:
+    return (await sandboxes.command(sandbox_id, command_id)).info
+
+
+LastEventId = Annotated[
+    str | None,
+    Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,9}$", description="Resume after this id"),
+]
+
+
+async def _sse(events: EventLog, after: int, request: Request) -> AsyncIterator[ServerSentEvent]:
+    base = str(request.base_url).rstrip("/")
+    async for event in events.follow(after):
+        data = event.data
+        if str(data.get("preview_url") or "").startswith("/"):
+            data = {**data, "preview_url": base + data["preview_url"]}
+        yield ServerSentEvent(data=json.dumps(data), event=event.kind, id=str(event.seq))
+
+
+@http.get(
+    "/{sandbox_id}/commands/{command_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `stdout`, `stderr` ({data, data_base64?}), "
+            "then `exit` (the command with its result); replayable from the start or after "
+            "Last-Event-ID; `dropped` stands for output beyond the kept budget",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def command_events(
+    sandbox_id: SandboxId,
+    command_id: CommandId,
+    request: Request,
+    sandboxes: SandboxesDep,
+    last_event_id: LastEventId = None,
+) -> EventSourceResponse:
+    command = await sandboxes.command(sandbox_id, command_id)
+    return EventSourceResponse(
+        _sse(command.log, int(last_event_id or 0), request),
+        ping=request.app.state.settings.sse_ping_s,
+    )
+
+
+@http.post(
+    "/{sandbox_id}/commands/{command_id}/stdin",
+    status_code=204,
+)
+async def command_stdin(
+    sandbox_id: SandboxId, command_id: CommandId, body: StdinInput, sandboxes: SandboxesDep
+) -> Response:
+    data = body.data.encode() if body.encoding == "utf8" else _b64(body.data)
+    await sandboxes.send_stdin(sandbox_id, command_id, data, body.close)
+    return Response(status_code=204)
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProblemError(422, "data is not valid base64") from exc
+
+
+@http.delete(
+    "/{sandbox_id}/commands/{command_id}",
+    response_model=CommandInfo,
+)
+async def kill_command(
+    sandbox_id: SandboxId, command_id: CommandId, sandboxes: SandboxesDep
+) -> CommandInfo:
+    """Kills the command and what it started (its process group)."""
+    return await sandboxes.kill_command(sandbox_id, command_id)
+
+
+# -- builds ------------------------------------------------------------------------------
+
+
+def get_builds(request: Request) -> Builds:
+    builds: Builds = request.app.state.sandbox_builds
+    return builds
+
+
+BuildsDep = Annotated[Builds, Depends(get_builds)]
+
+
+@http.post(
+    "/{sandbox_id}/builds",
+    status_code=202,
+    response_model=BuildInfo,
+)
+async def create_build(
+    sandbox_id: SandboxId,
+    body: Annotated[BuildCreate, Body()],
+    request: Request,
+    response: Response,
+    builds: BuildsDep,
+) -> BuildInfo:
+    """queued → scaffold → deps → checks → starting → ready | failed; follow it at
+    `…/builds/{id}/events`."""
+    build = await builds.submit(sandbox_id, body)
+    response.headers["Location"] = f"/v1/sandboxes/{sandbox_id}/builds/{build.id}"
+    return _public(request, build)
+
+
+@http.get("/{sandbox_id}/builds", response_model=list[BuildInfo])
+async def list_builds(
+    sandbox_id: SandboxId, request: Request, builds: BuildsDep
+) -> list[BuildInfo]:
+    return [_public(request, b) for b in await builds.list(sandbox_id)]
+
+
+@http.get("/{sandbox_id}/builds/{build_id}", response_model=BuildInfo)
+async def get_build(
+    sandbox_id: SandboxId, build_id: CommandId, request: Request, builds: BuildsDep
+) -> BuildInfo:
+    return _public(request, (await builds.get(sandbox_id, build_id))[0])
+
+
+@http.get(
+    "/{sandbox_id}/builds/{build_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `build` (the record, at every change) and "
+            "`output` ({step, stream, data}), until the build is ready or failed",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def build_events(
+    sandbox_id: SandboxId,
+    build_id: CommandId,
+    request: Request,
+    builds: BuildsDep,
+    last_event_id: LastEventId = None,
+) -> EventSourceResponse:
+    build, events = await builds.get(sandbox_id, build_id)
+    if events is None:  # from the store: its final state is all there is
+        events = EventLog(0)
+        events.append("build", _public(request, build).model_dump(mode="json"))
+        events.close()
+    return EventSourceResponse(
+        _sse(events, int(last_event_id or 0), request), ping=request.app.state.settings.sse_ping_s
+    )
+
+
+# -- preview -------------------------------------------------------------------------------
+
+
+@http.api_route(
+    "/{sandbox_id}/ports/{port}/{path:path}",
+    methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+    response_class=Response,
+)
+async def preview(
+    sandbox_id: SandboxId, port: Port, path: str, request: Request, sandboxes: SandboxesDep
+) -> Response:
+    """Forwards to the server listening on `port` inside the sandbox (its own
+    127.0.0.1; the sandbox itself still has no network)."""
+    live = await sandboxes.live(sandbox_id)
+    target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
+    headers = [(k, v) for k, v in request.headers.raw if k not in HOP_BY_HOP]
+    prefix = f"/v1/sandboxes/{sandbox_id}/ports/{port}"
+    headers += [
+        (b"host", f"127.0.0.1:{port}".encode()),
+        (b"x-forwarded-prefix", prefix.encode()),
+        (b"x-forwarded-host", request.headers.get("host", "").encode()),
+        (b"x-forwarded-proto", request.url.scheme.encode()),
+    ]
+    upstream = httpcore.Request(
+        request.method,
+        httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=port, target=target.encode()),
+        headers=headers,
+        content=request.stream(),
+        extensions={"timeout": PREVIEW_TIMEOUTS},
+    )
+    try:
+        answer = await sandboxes.preview_pool(live).handle_async_request(upstream)
+    except httpcore.ConnectError as exc:
+        raise ProblemError(
+            502, f"nothing listens on port {port} in sandbox {sandbox_id}: start a server on "
+            "127.0.0.1 or 0.0.0.0 there",
+        ) from exc  # fmt: skip
+    except httpcore.TimeoutException as exc:
+        raise ProblemError(504, f"port {port} in sandbox {sandbox_id} did not answer") from exc
+    except httpcore.ProtocolError as exc:
+        raise ProblemError(502, f"port {port} answered with invalid HTTP: {exc}") from exc
+    return StreamingResponse(
+        answer.aiter_stream(),
+        status_code=answer.status,
+        headers={
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in answer.headers
+            if k.lower() not in HOP_BY_HOP
+        },
+        background=BackgroundTask(answer.aclose),
+    )
+
+
+@router.websocket("/v1/sandboxes/{sandbox_id}/ports/{port}/{path:path}")
+async def preview_websocket(websocket: WebSocket, sandbox_id: str, port: int, path: str) -> None:
+    """Relays a WebSocket to the server on `port` inside the sandbox."""
+    sandboxes: SandboxService = websocket.app.state.sandboxes
+    try:
+        await require_api_key(websocket, websocket.app.state.settings, None, None)  # type: ignore[arg-type]
+        sock = await sandboxes.open_port(sandbox_id, port)
+    except ProblemError as exc:
+        await websocket.close(code=1008, reason=exc.detail[:120])
+        return
+    except (LookupError, SandboxGone, SandboxElsewhere, OSError) as exc:
+        await websocket.close(code=1011, reason=str(exc)[:120])
+        return
+    query = websocket.url.query
+    uri = f"ws://127.0.0.1:{port}/{path}" + (f"?{query}" if query else "")
+    try:
+        async with websockets.connect(
+            uri,
+            sock=sock,
+            subprotocols=websocket.scope.get("subprotocols") or None,
+            max_size=WS_MAX_MESSAGE,
+            open_timeout=PREVIEW_TIMEOUTS["connect"],
+        ) as upstream:
+            await websocket.accept(subprotocol=upstream.subprotocol)
+            await _relay(websocket, upstream)
+    except (OSError, websockets.exceptions.WebSocketException) as exc:
+        with contextlib.suppress(RuntimeError):
+            await websocket.close(code=1011, reason=f"port {port}: {exc}"[:120])
+
+
+async def _relay(client: WebSocket, upstream: websockets.ClientConnection) -> None:
+    async def down() -> None:
+        async for message in upstream:
+            if isinstance(message, str):
+                await client.send_text(message)
+            else:
+                await client.send_bytes(message)
+
+    async def up() -> None:
+        while True:
+            message = await client.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await upstream.send(message["text"])
+            elif message.get("bytes") is not None:
+                await upstream.send(message["bytes"])
+
+    tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await client.close()
+
+
+router.include_router(http)

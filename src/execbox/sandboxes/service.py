@@ -1,0 +1,544 @@
+"""Persistent sandboxes: lifecycle, expiry, files and commands.
+
+A sandbox lives in the server process that created it (its processes are children
+of this process: bwrap runs with --die-with-parent), so the live part (the session,
+its commands and their logs) is held here in memory, and the record in the store
+says which server owns it. A restarted server finds its old records still marked
+running and reports them as lost: their processes ended with the old server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpcore
+import structlog
+
+from execbox.config import Settings
+from execbox.runner import to_stage
+from execbox.sandbox import Command, Sandbox, SandboxResult
+from execbox.sandbox.bwrap import WORKDIR
+from execbox.sandbox.netns import NamespaceDialer, SandboxNetwork
+from execbox.sandbox.session import (
+    Process,
+    Session,
+    SessionLimits,
+    command_limits,
+    open_session,
+)
+from execbox.sandbox.workspace import Entry, split_path
+from execbox.sandboxes.eventlog import EventLog
+from execbox.sandboxes.schemas import (
+    BuildInfo,
+    CommandCreate,
+    CommandInfo,
+    CommandStatus,
+    ResolvedSandboxLimits,
+    SandboxCreate,
+    SandboxInfo,
+    SandboxStatus,
+)
+from execbox.sandboxes.settings import SandboxSettings
+from execbox.sandboxes.store import SandboxStore
+from execbox.store import Database, utcnow
+
+log = structlog.get_logger(__name__)
+
+BASE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": WORKDIR,
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",  # a server's logs should arrive as it writes them
+}
+MAX_COMMANDS_KEPT = 256  # finished commands remembered per sandbox, newest first
+
+
+class SandboxNotFound(LookupError):
+    pass
+
+
+class SandboxGone(Exception):
+    """The sandbox exists as a record only: it expired, was killed or was lost."""
+
+    def __init__(self, info: SandboxInfo) -> None:
+        super().__init__(f"sandbox {info.id} is {info.status.value}: {info.end_reason}")
+        self.info = info
+
+
+class SandboxElsewhere(Exception):
+    """The sandbox runs in another server process, which alone can reach it."""
+
+
+class TooManySandboxes(Exception):
+    pass
+
+
+class CommandNotFound(LookupError):
+    pass
+
+
+class InvalidSandboxRequest(ValueError):
+    """The caller asked for something this server does not allow (a 4xx)."""
+
+
+@dataclass
+class LiveCommand:
+    info: CommandInfo
+    process: Process
+    log: EventLog
+
+
+@dataclass
+class LiveSandbox:
+    info: SandboxInfo
+    session: Session
+    expiry: asyncio.TimerHandle | None = None
+    commands: OrderedDict[str, LiveCommand] = field(default_factory=OrderedDict)
+    builds: dict[str, tuple[BuildInfo, EventLog]] = field(default_factory=dict)
+    build_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    app: LiveCommand | None = None  # the running app of the newest ready build
+    preview: httpcore.AsyncConnectionPool | None = None
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
+
+
+def _owner_pid(owner: str) -> int | None:
+    host, _, rest = owner.partition("/")
+    pid = rest.partition("/")[0]
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def argv_of(cmd: list[str] | str) -> list[str]:
+    """A shell command line runs under /bin/sh -c; a list is the argv itself."""
+    return ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+
+
+def workdir(cwd: str | None) -> str:
+    """A directory inside /box (relative paths are relative to it)."""
+    parts = split_path(cwd or "")
+    return "/".join([WORKDIR, *parts])
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    for name, value in extra.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise InvalidSandboxRequest(f"invalid environment variable: {name!r}")
+    return {**BASE_ENV, **extra}
+
+
+def _chunk_data(data: bytes) -> dict[str, Any]:
+    """Output as JSON: text, plus the exact bytes when they are not UTF-8."""
+    try:
+        return {"data": data.decode()}
+    except UnicodeDecodeError:
+        return {
+            "data": data.decode(errors="replace"),
+            "data_base64": base64.b64encode(data).decode(),
+        }
+
+
+class SandboxService:
+    def __init__(
+        self, settings: Settings, config: SandboxSettings, engine: Sandbox, db: Database
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.engine = engine
+        self.store = SandboxStore(db)
+        self.dialer = NamespaceDialer()
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._live: dict[str, LiveSandbox] = {}
+        self._starting = 0  # creations under way, counted against the cap
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    async def start(cls, settings: Settings, engine: Sandbox, db: Database) -> SandboxService:
+        service = cls(settings, SandboxSettings(), engine, db)
+        await service._mark_lost()
+        return service
+
+    async def _mark_lost(self) -> None:
+        """Sandboxes of dead server processes on this host are gone for good."""
+        for info, owner in await self.store.running_of(socket.gethostname() + "/"):
+            pid = _owner_pid(owner)
+            if pid is None or pid == os.getpid() or not _pid_alive(pid):
+                await self._record_end(info, owner, SandboxStatus.LOST, "the server restarted")
+
+    async def _record_end(
+        self, info: SandboxInfo, owner: str, status: SandboxStatus, reason: str
+    ) -> SandboxInfo:
+        info = info.model_copy(
+            update={
+                "status": status,
+                "end_reason": reason,
+                "ended_at": utcnow(),
+                "preview_url": None,
+            }
+        )
+        await self.store.save(info, owner)
+        return info
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A task of this service, cancelled at close."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _resolve(self, request: SandboxCreate) -> tuple[ResolvedSandboxLimits, float]:
+        c, asked = self.config, request.limits
+        checks = [
+            ("limits.memory_mb", asked.memory_mb, c.sandbox_memory_mb, c.sandbox_max_memory_mb),
+            ("limits.processes", asked.processes, c.sandbox_processes, c.sandbox_max_processes),
+            ("limits.cpus", asked.cpus, c.sandbox_cpus, c.sandbox_max_cpus),
+            ("limits.disk_mb", asked.disk_mb, c.sandbox_disk_mb, c.sandbox_max_disk_mb),
+            ("timeout_s", request.timeout_s, c.sandbox_timeout_s, c.sandbox_max_timeout_s),
+        ]
+        values: list[Any] = []
+        for name, value, default, maximum in checks:
+            if value is not None and value > maximum:
+                raise InvalidSandboxRequest(f"{name} may be at most {maximum:g} on this server")
+            values.append(default if value is None else value)
+        memory, processes, cpus, disk, timeout = values
+        limits = ResolvedSandboxLimits(
+            memory_mb=memory, processes=processes, cpus=cpus, disk_mb=disk
+        )
+        return limits, timeout
+
+    async def create(self, request: SandboxCreate) -> SandboxInfo:
+        limits, timeout = self._resolve(request)
+        if request.network and not self.settings.allow_network:
+            raise InvalidSandboxRequest(
+                "network access is disabled on this server (EXECBOX_ALLOW_NETWORK)"
+            )
+        if len(self._live) + self._starting >= self.config.max_sandboxes:
+            raise TooManySandboxes(
+                f"this server runs at most {self.config.max_sandboxes} sandboxes at once; "
+                "delete one you no longer need or retry later"
+            )
+        self._starting += 1
+        try:
+            session = await open_session(
+                self.engine,
+                SessionLimits(
+                    memory_bytes=limits.memory_mb << 20,
+                    processes=limits.processes,
+                    disk_mb=limits.disk_mb,
+                    cpus=limits.cpus,
+                ),
+            )
+        finally:
+            self._starting -= 1
+        now = utcnow()
+        info = SandboxInfo(
+            id=_new_id("sb"),
+            status=SandboxStatus.RUNNING,
+            metadata=request.metadata,
+            limits=limits,
+            network=request.network,
+            created_at=now,
+            expires_at=now + timedelta(seconds=timeout),
+        )
+        live = LiveSandbox(info, session)
+        self._live[info.id] = live
+        try:
+            await self.store.save(info, self.owner)
+        except BaseException:
+            await self._end(live, SandboxStatus.FAILED, "its record could not be stored")
+            raise
+        self._schedule_expiry(live)
+        self.spawn(self._watch(live))
+        return info
+
+    def _schedule_expiry(self, live: LiveSandbox) -> None:
+        if live.expiry is not None:
+            live.expiry.cancel()
+        delay = (live.info.expires_at - utcnow()).total_seconds()
+        live.expiry = asyncio.get_running_loop().call_later(
+            max(0.0, delay),
+            lambda: self.spawn(self._end(live, SandboxStatus.EXPIRED, "its timeout passed")),
+        )
+
+    async def _watch(self, live: LiveSandbox) -> None:
+        """A sandbox whose init died (e.g. out of memory) ends as failed, not half-alive."""
+        await live.session.ended.wait()
+        if self._live.get(live.info.id) is live:
+            await self._end(live, SandboxStatus.FAILED, "its init process ended (out of memory?)")
+
+    async def _end(self, live: LiveSandbox, status: SandboxStatus, reason: str) -> SandboxInfo:
+        """Kills every process, frees the workspace and records why; idempotent."""
+        if self._live.get(live.info.id) is not live:
+            return live.info
+        del self._live[live.info.id]
+        if live.expiry is not None:
+            live.expiry.cancel()
+        live.session.kill()
+        for command in live.commands.values():
+            command.log.close()
+        for _, build_log in live.builds.values():
+            build_log.close()
+        if live.preview is not None:
+            await live.preview.aclose()
+        try:
+            await live.session.close()
+        finally:
+            live.info = await self._record_end(live.info, self.owner, status, reason)
+        log.info("sandbox ended", sandbox_id=live.info.id, status=status.value, reason=reason)
+        return live.info
+
+    async def get(self, sandbox_id: str) -> SandboxInfo:
+        live = self._live.get(sandbox_id)
+        if live is not None:
+            return live.info
+        found = await self.store.get(sandbox_id)
+        if found is None:
+            raise SandboxNotFound(sandbox_id)
+        info, owner = found
+        if info.status == SandboxStatus.RUNNING and owner != self.owner:
+            pid = _owner_pid(owner)
+            if pid is not None and (pid == os.getpid() or not _pid_alive(pid)):
+                return await self._record_end(
+                    info, owner, SandboxStatus.LOST, "the server restarted"
+                )
+        return info
+
+    async def list(
+        self, metadata: dict[str, str], status: SandboxStatus | None, limit: int
+    ) -> list[SandboxInfo]:
+        # Metadata is filtered here: JSON queries differ between SQLite and PostgreSQL,
+        # and the number of sandboxes is small.
+        found = await self.store.list(status, limit if not metadata else 10_000)
+        matching = [
+            self._live[i.id].info if i.id in self._live else i
+            for i in found
+            if all(i.metadata.get(k) == v for k, v in metadata.items())
+        ]
+        return matching[:limit]
+
+    def find_live(self, sandbox_id: str) -> LiveSandbox | None:
+        return self._live.get(sandbox_id)
+
+    async def live(self, sandbox_id: str) -> LiveSandbox:
+        live = self._live.get(sandbox_id)
+        if live is not None:
+            return live
+        info = await self.get(sandbox_id)
+        if info.status == SandboxStatus.RUNNING:
+            raise SandboxElsewhere(
+                f"sandbox {sandbox_id} runs in another execbox server process; send its "
+                "requests to that server"
+            )
+        raise SandboxGone(info)
+
+    async def kill(self, sandbox_id: str) -> SandboxInfo:
+        return await self._end(await self.live(sandbox_id), SandboxStatus.KILLED, "deleted")
+
+    async def set_timeout(self, sandbox_id: str, timeout_s: float) -> SandboxInfo:
+        live = await self.live(sandbox_id)
+        if timeout_s > self.config.sandbox_max_timeout_s:
+            raise InvalidSandboxRequest(
+                f"timeout_s may be at most {self.config.sandbox_max_timeout_s:g} on this server"
+            )
+        live.info = live.info.model_copy(
+            update={"expires_at": utcnow() + timedelta(seconds=timeout_s)}
+        )
+        self._schedule_expiry(live)
+        await self.store.save(live.info, self.owner)
+        return live.info
+
+    async def update_info(self, live: LiveSandbox, **changes: Any) -> None:
+        live.info = live.info.model_copy(update=changes)
+        await self.store.save(live.info, self.owner)
+
+    # -- files ---------------------------------------------------------------------
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        (await self.live(sandbox_id)).session.workspace.write_file(path, data)
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        workspace = (await self.live(sandbox_id)).session.workspace
+        return workspace.read_file(path, self.config.sandbox_file_mb << 20)
+
+    async def remove_file(self, sandbox_id: str, path: str) -> None:
+        (await self.live(sandbox_id)).session.workspace.remove(path)
+
+    async def list_files(self, sandbox_id: str, path: str) -> list[Entry]:
+        return (await self.live(sandbox_id)).session.workspace.list_dir(path)
+
+    # -- commands ------------------------------------------------------------------
+
+    async def start_command(
+        self,
+        live: LiveSandbox,
+        request: CommandCreate,
+        *,
+        on_finish: Callable[[LiveCommand, SandboxResult], None] | None = None,
+    ) -> LiveCommand:
+        """Starts a command; its output goes to its replayable log (and, for a
+        foreground command, to its result)."""
+        argv = argv_of(request.cmd)
+        command = Command(argv, _env(request.env), workdir(request.cwd))
+        timeout = request.timeout_s
+        if timeout is None and not request.background:
+            timeout = self.config.sandbox_command_timeout_s
+        limits = command_limits(live.session.limits, timeout, self.config.sandbox_output_kb << 10)
+        events = EventLog(self.config.sandbox_log_kb << 10)
+
+        def on_output(stream: str, data: bytes) -> None:
+            events.append(stream, _chunk_data(data), len(data))
+
+        process = await live.session.exec(
+            command, limits, on_output=on_output, capture=not request.background
+        )
+        info = CommandInfo(
+            id=_new_id("cmd"),
+            sandbox_id=live.info.id,
+            cmd=argv,
+            background=request.background,
+            status=CommandStatus.RUNNING,
+            started_at=utcnow(),
+        )
+        running = LiveCommand(info, process, events)
+        live.commands[info.id] = running
+        self._forget_old_commands(live)
+        if request.stdin is not None:
+            self.spawn(self._feed(process, request.stdin.encode(), close=True))
+        elif not request.background:
+            process.close_stdin()
+        self.spawn(self._finish(running, on_finish))
+        return running
+
+    @staticmethod
+    async def _feed(process: Process, data: bytes, close: bool) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await process.write(data)
+        if close:
+            process.close_stdin()
+
+    async def _finish(
+        self,
+        command: LiveCommand,
+        on_finish: Callable[[LiveCommand, SandboxResult], None] | None,
+    ) -> None:
+        result = await command.process.wait()
+        command.info = command.info.model_copy(
+            update={
+                "status": CommandStatus.FINISHED,
+                "finished_at": utcnow(),
+                "result": to_stage(result),
+            }
+        )
+        command.log.append("exit", command.info.model_dump(mode="json"))
+        command.log.close()
+        if on_finish is not None:
+            on_finish(command, result)
+
+    def _forget_old_commands(self, live: LiveSandbox) -> None:
+        finished = [c for c in live.commands.values() if c.process.done]
+        for command in finished[: max(0, len(live.commands) - MAX_COMMANDS_KEPT)]:
+            del live.commands[command.info.id]
+
+    async def run_command(self, sandbox_id: str, request: CommandCreate) -> CommandInfo:
+        """Foreground: the finished command; background: the running one, at once."""
+        live = await self.live(sandbox_id)
+        command = await self.start_command(live, request)
+        if not request.background:
+            await command.process.wait()
+            await self._settled(command)
+        return command.info
+
+    @staticmethod
+    async def _settled(command: LiveCommand) -> None:
+        """Waits for the bookkeeping of a finished process (its result in the info)."""
+        async for _ in command.log.follow(0):
+            pass
+
+    async def command(self, sandbox_id: str, command_id: str) -> LiveCommand:
+        live = await self.live(sandbox_id)
+        command = live.commands.get(command_id)
+        if command is None:
+            raise CommandNotFound(f"no command {command_id} in sandbox {sandbox_id}")
+        return command
+
+    async def commands(self, sandbox_id: str) -> list[CommandInfo]:
+        return [c.info for c in (await self.live(sandbox_id)).commands.values()]
+
+    async def send_stdin(self, sandbox_id: str, command_id: str, data: bytes, close: bool) -> None:
+        command = await self.command(sandbox_id, command_id)
+        if command.process.done:
+            raise InvalidSandboxRequest(f"command {command_id} has finished")
+        try:
+            if data:
+                await command.process.write(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise InvalidSandboxRequest(f"command {command_id} closed its stdin") from exc
+        if close:
+            command.process.close_stdin()
+
+    async def kill_command(self, sandbox_id: str, command_id: str) -> CommandInfo:
+        command = await self.command(sandbox_id, command_id)
+        command.process.kill()
+        await command.process.wait()
+        await self._settled(command)
+        return command.info
+
+    # -- preview ---------------------------------------------------------------------
+
+    def preview_pool(self, live: LiveSandbox) -> httpcore.AsyncConnectionPool:
+        if live.preview is None:
+            live.preview = httpcore.AsyncConnectionPool(
+                network_backend=SandboxNetwork(self.dialer, live.session.netns_fd),
+                max_connections=32,
+                keepalive_expiry=5,
+            )
+        return live.preview
+
+    async def port_open(self, live: LiveSandbox, port: int) -> bool:
+        try:
+            sock = await self.dialer.connect(live.session.netns_fd, port)
+        except OSError:
+            return False
+        sock.close()
+        return True
+
+    async def open_port(self, sandbox_id: str, port: int) -> socket.socket:
+        """A socket connected to ``port`` on the sandbox's loopback (for WebSockets)."""
+        live = await self.live(sandbox_id)
+        return await self.dialer.connect(live.session.netns_fd, port)
+
+    # -- the end ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """The server stops: its sandboxes end with it, and say so."""
+        for live in list(self._live.values()):
+            with contextlib.suppress(Exception):
+                await self._end(live, SandboxStatus.LOST, "the server stopped")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.dialer.close()

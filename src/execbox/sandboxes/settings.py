@@ -1,0 +1,33 @@
+"""Settings of persistent sandboxes (environment, prefix ``EXECBOX_``), kept apart from
+the service's own so that the two can change independently."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SandboxSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXECBOX_", extra="ignore")
+
+    max_sandboxes: int = Field(20, ge=0, description="Live sandboxes at once; beyond, 429")
+    sandbox_timeout_s: float = Field(300, gt=0, description="Lifetime of a new sandbox")
+    sandbox_max_timeout_s: float = Field(3600, gt=0, description="Longest lifetime allowed")
+    sandbox_memory_mb: int = Field(512, gt=0, description="Memory of all its processes")
+    sandbox_max_memory_mb: int = Field(2048, gt=0)
+    sandbox_processes: int = Field(128, gt=0, description="Processes and threads at once")
+    sandbox_max_processes: int = Field(512, gt=0)
+    sandbox_cpus: float = Field(1.0, gt=0, description="CPU share (cores) of all its processes")
+    sandbox_max_cpus: float = Field(4.0, gt=0)
+    sandbox_disk_mb: int = Field(256, gt=0, description="Workspace quota")
+    sandbox_max_disk_mb: int = Field(2048, gt=0)
+    sandbox_file_mb: int = Field(64, gt=0, description="Largest file sent or read through the API")
+    sandbox_command_timeout_s: float = Field(60, gt=0, description="Default foreground timeout")
+    sandbox_output_kb: int = Field(1024, gt=0, description="Output kept per command result")
+    sandbox_log_kb: int = Field(2048, gt=0, description="Replayable output kept per command")
+    sandbox_build_step_timeout_s: float = Field(
+        300, gt=0, description="Longest deps or checks step of a build"
+    )
+    sandbox_start_wait_s: float = Field(
+        30, gt=0, description="How long a build waits for its app to listen on its port"
+    )
