@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from execbox import playground
-from execbox.api import executions, interactive, system, workers
+from execbox.api import executions, interactive, sandboxes, system, workers
 from execbox.api.middleware import BodyLimit, RequestContext
 from execbox.api.problems import install_problem_handlers, use_problem_media_type
 from execbox.config import Settings
@@ -24,7 +24,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = await Services.start(settings)
         try:
-            yield
+            async with sandboxes.running(app, app.state.services):
+                yield
         finally:
             await app.state.services.stop()
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(system.router)
     app.include_router(workers.router)
     app.include_router(interactive.router)
+    app.include_router(sandboxes.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.static_files(), name="playground")
     install_problem_handlers(app)
