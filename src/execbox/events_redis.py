@@ -105,8 +105,12 @@ class RedisEventBus(EventBus):
 
     async def _listen(self, channel: str) -> None:
         """Subscribes and waits until Redis confirms: only then is no event missed."""
-        if not self._connected.is_set():
-            raise RedisConnectionError("not connected to Redis (the event bus is reconnecting)")
+        try:
+            # Redis may be back while the reader is still between two attempts.
+            async with asyncio.timeout(2 * RECONNECT_AFTER_S):
+                await self._connected.wait()
+        except TimeoutError as exc:
+            raise RedisConnectionError("the event bus is not connected to Redis") from exc
         confirmed = asyncio.get_running_loop().create_future()
         self._confirmations[channel].append(confirmed)
         await self._pubsub.subscribe(channel)

@@ -7,6 +7,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+# The exceptions that may mean so (``unavailable`` tells).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    DBAPIError,
+    ConnectionError,
+)
+
 
 def unavailable(exc: BaseException) -> str | None:
     """The dependency ``exc`` says is unreachable, or None if it says something else."""

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from execbox.jobs import IllegalTransition, JobNotFound
 from execbox.logging import internal_error
-from execbox.outage import unavailable
+from execbox.outage import OUTAGE_ERRORS, unavailable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -113,15 +113,22 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
-    if (dependency := unavailable(exc)) is not None:
-        return problem_response(
-            503,
-            f"{dependency} is unavailable; try again shortly (GET /health tells more)",
-            headers={"Retry-After": "5"},
-        )
     debug_id = internal_error("unhandled error", path=request.url.path)
     return problem_response(
         500, "an internal error occurred; the server log has the details", debug_id=debug_id
+    )
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 when Redis or the database is away (a handler of its own: the catch-all
+    one's response would close the connection)."""
+    dependency = unavailable(exc)
+    if dependency is None:
+        return await _internal(request, exc)
+    return problem_response(
+        503,
+        f"{dependency} is unavailable; try again shortly (GET /health tells more)",
+        headers={"Retry-After": "5"},
     )
 
 
@@ -131,4 +138,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(IllegalTransition, _conflict)
+    for error in OUTAGE_ERRORS:
+        app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(Exception, _internal)
