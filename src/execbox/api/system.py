@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -18,6 +19,7 @@ from execbox.services import Services
 router = APIRouter()
 
 HEALTH_CHECK_TIMEOUT_S = 10
+SANDBOX_CHECK_TTL_S = 5
 
 
 @router.get(
@@ -37,11 +39,33 @@ async def _queue_ok(services: Services) -> None:
         raise RuntimeError("the worker pool has stopped")
 
 
-def _checks(services: Services) -> dict[str, Callable[[], Awaitable[None]]]:
+class _SharedCheck:
+    """A check whose outcome is reused for ``ttl_s``, and shared by callers that come
+    while it runs: /health needs no key, and must not let anyone who can reach it
+    start sandboxes at will."""
+
+    def __init__(self, check: Callable[[], Awaitable[None]], ttl_s: float) -> None:
+        self._check = check
+        self._ttl_s = ttl_s
+        self._started = -ttl_s
+        self._task: asyncio.Future[None] | None = None
+
+    async def __call__(self) -> None:
+        now = time.monotonic()
+        if self._task is None or (self._task.done() and now - self._started >= self._ttl_s):
+            self._started = now
+            self._task = asyncio.ensure_future(self._check())
+        await asyncio.shield(self._task)
+
+
+def _checks(request: Request, services: Services) -> dict[str, Callable[[], Awaitable[None]]]:
+    state = request.app.state
+    if getattr(state, "sandbox_check", None) is None:
+        state.sandbox_check = _SharedCheck(services.runner.sandbox_check, SANDBOX_CHECK_TTL_S)
     return {
         "database": services.db.ping,
         "queue": lambda: _queue_ok(services),
-        "sandbox": services.runner.sandbox_check,
+        "sandbox": state.sandbox_check,
     }
 
 
@@ -57,9 +81,10 @@ async def _run_check(check: Callable[[], Awaitable[None]]) -> str:
 
 
 @router.get("/health", response_model=Health, tags=["operations"], responses=problem_responses(503))
-async def health(services: ServicesDep) -> Health | JSONResponse:
-    """The database, the queue and the sandbox (a trivial program is run)."""
-    checks = _checks(services)
+async def health(request: Request, services: ServicesDep) -> Health | JSONResponse:
+    """The database, the queue and the sandbox (a trivial program is run, at most
+    every few seconds)."""
+    checks = _checks(request, services)
     outcomes = await asyncio.gather(*(_run_check(check) for check in checks.values()))
     results = dict(zip(checks, outcomes, strict=True))
     failing = [name for name, outcome in results.items() if outcome != "ok"]
