@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from api_kit import drop_schema
 
-from execbox.events import LocalEventBus
+from execbox.events import Lagged, LocalEventBus, Subscription
 from execbox.jobs import IllegalTransition, JobService
 from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage, Status, Verdict
 from execbox.queue import LocalQueue
@@ -125,3 +125,25 @@ async def test_old_finished_jobs_are_pruned(jobs: JobService) -> None:
     assert await jobs.prune(timedelta(seconds=-1)) == 1  # everything finished is "old"
     assert await jobs.store.events(old.id) == []
     assert (await jobs.get(running.id)).status == Status.RUNNING
+
+
+async def test_a_lagging_subscriber_is_told_and_catches_up_from_the_store(
+    jobs: JobService,
+) -> None:
+    subscription = Subscription(maxsize=2)
+    for seq in (1, 2, 3):  # one more than it holds
+        subscription.deliver(JobEvent(EventKind.STDOUT, {"data": "x"}, seq=seq))
+    with pytest.raises(Lagged):
+        await anext(subscription)
+    subscription.deliver(JobEvent(EventKind.STDOUT, seq=4))
+    assert (await anext(subscription)).seq == 4  # dropped events are gone; fresh ones flow
+
+    # wait() reads a lagging job's outcome back from the store.
+    job = await jobs.submit(REQUEST, LANG)
+    await jobs.claim(job.id)
+    await jobs.complete(job.id, _result("done\n"))
+    lagging = Subscription(maxsize=1)
+    lagging.deliver(JobEvent(EventKind.STATUS))
+    lagging.deliver(JobEvent(EventKind.STATUS))
+    result = await jobs.wait(job.id, lagging)
+    assert result.run is not None and result.run.stdout == "done\n"
