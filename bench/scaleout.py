@@ -1,0 +1,220 @@
+"""Scale-out mode, in one run; writes bench/results/scaleout.json.
+
+- Throughput with one `execbox worker` process, then two (same per-process
+  concurrency): JOBS bash `echo` jobs submitted with wait=false by 8 concurrent
+  clients to one API process, timed from the first submission until the database
+  has them all completed. The scaling ratio is two workers' throughput over one's.
+- The latency the Redis path adds: sequential wait=true executions of the same
+  program against an embedded server (in-process queue and workers) and against
+  the scale-out API + one worker, both on the same PostgreSQL; medians and p95.
+- The floor for scale: the same program spawned bare (`bash -c 'echo 1'`).
+
+Uses the machine's PostgreSQL (127.0.0.1:5432, db `test`) and Redis (127.0.0.1:6379,
+DB 12), in a schema and key prefix of its own, removed afterwards. As root:
+
+    .venv/bin/python bench/scaleout.py [--jobs 300] [--requests 100] [--concurrency 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import redis
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+BODY = {"language": "bash", "code": "echo 1"}
+FLOOR = ["/usr/bin/bash", "-c", "echo 1"]
+CLIENTS = 8
+START_LIMIT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def process(code: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A Python process of execbox with its own data dir; terminated (SIGTERM) at exit."""
+    data_dir = tempfile.mkdtemp(prefix="execbox-bench-")
+    full_env = {**os.environ, "EXECBOX_DATA_DIR": data_dir, "EXECBOX_LOG_LEVEL": "warning", **env}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=full_env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@contextmanager
+def api(env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    with process(f"from execbox.api.cli import serve; serve(port={port})", env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_LIMIT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("the API exited at start")
+            try:
+                if httpx.get(f"{url}/openapi.json", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not start")
+            time.sleep(0.1)
+        yield url
+
+
+def worker(env: dict[str, str], concurrency: int) -> Any:
+    return process(f"from execbox.worker_cli import run_worker; run_worker({concurrency})", env)
+
+
+def wait_for_workers(url: str, count: int) -> None:
+    deadline = time.monotonic() + START_LIMIT_S
+    while len(httpx.get(f"{url}/v1/workers", timeout=10).json()) != count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} workers did not register")
+        time.sleep(0.1)
+
+
+def summary(values_ms: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(values_ms, n=20)
+    return {"median_ms": round(statistics.median(values_ms), 3), "p95_ms": round(cuts[18], 3)}
+
+
+async def latencies(url: str, n: int) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for _ in range(5):  # warm connections, pools and caches
+            await client.post("/v1/executions", json=BODY)
+        for _ in range(n):
+            started = time.perf_counter()
+            response = await client.post("/v1/executions", json=BODY)
+            out.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200 and response.json()["run"]["stdout"] == "1\n"
+    return out
+
+
+async def throughput(url: str, schema: str, jobs: int) -> float:
+    """Jobs per second, from the first submission until all are completed."""
+    limit = asyncio.Semaphore(CLIENTS)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+        async def submit() -> str:
+            async with limit:
+                response = await client.post("/v1/executions", params={"wait": "false"}, json=BODY)
+            assert response.status_code == 202, response.text
+            return str(response.json()["id"])
+
+        started = time.perf_counter()
+        ids = await asyncio.gather(*(submit() for _ in range(jobs)))
+    conn = await asyncpg.connect(
+        PG_URL.replace("+asyncpg", ""), server_settings={"search_path": schema}
+    )
+    try:
+        while True:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE id = ANY($1) AND status = 'completed'", ids
+            )
+            if done == jobs:
+                return jobs / (time.perf_counter() - started)
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+
+
+def floor(n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        subprocess.run(FLOOR, check=True, stdout=subprocess.DEVNULL)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def cleanup(schema: str, prefix: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+    client = redis.Redis.from_url(REDIS_URL)
+    for pattern in (f"saq:{prefix}:*", f"saq:job:{prefix}:*", f"{prefix}:*"):
+        for key in client.scan_iter(match=pattern, count=1000):
+            client.delete(key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=1, help="jobs at once per worker")
+    args = parser.parse_args()
+
+    suffix = secrets.token_hex(4)
+    schema, prefix = f"execbox_bench_{suffix}", f"execbox-bench-{suffix}"
+    database = {"EXECBOX_DATABASE_URL": PG_URL, "EXECBOX_DATABASE_SCHEMA": schema}
+    scale_out = {**database, "EXECBOX_REDIS_URL": REDIS_URL, "EXECBOX_REDIS_PREFIX": prefix}
+    embedded_env = {**database, "EXECBOX_WORKERS": str(args.concurrency)}
+    try:
+        with api(embedded_env) as url:
+            embedded = asyncio.run(latencies(url, args.requests))
+        with api(scale_out) as url, worker(scale_out, args.concurrency):
+            wait_for_workers(url, 1)
+            redis_path = asyncio.run(latencies(url, args.requests))
+            one = asyncio.run(throughput(url, schema, args.jobs))
+            with worker(scale_out, args.concurrency):
+                wait_for_workers(url, 2)
+                two = asyncio.run(throughput(url, schema, args.jobs))
+    finally:
+        cleanup(schema, prefix)
+    bare = floor(args.requests)
+
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count()},
+        "program": BODY,
+        "jobs": args.jobs,
+        "concurrency_per_worker": args.concurrency,
+        "throughput_jobs_per_s": {"one_worker": round(one, 1), "two_workers": round(two, 1)},
+        "scaling_ratio": round(two / one, 2),
+        "latency": {
+            "bare_floor": summary(bare),
+            "embedded": summary(embedded),
+            "redis_path": summary(redis_path),
+        },
+        "redis_path_added_ms": round(
+            statistics.median(redis_path) - statistics.median(embedded), 3
+        ),
+    }
+    out = Path(__file__).parent / "results" / "scaleout.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
