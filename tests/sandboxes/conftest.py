@@ -64,7 +64,7 @@ def dialer() -> Iterator[NamespaceDialer]:
     dialer.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     """A real execbox server running the real sandbox, on SQLite."""
     runtime_dir = Path(tempfile.mkdtemp(prefix="execbox-sbx-api-run-"))

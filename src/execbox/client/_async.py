@@ -20,6 +20,7 @@ from execbox.client._core import (
     ResultEvent,
     RunOptions,
 )
+from execbox.client.sandboxes import AsyncSandboxes
 from execbox.languages import LanguageInfo
 from execbox.models import ExecutionRequest, ExecutionResult
 
@@ -39,6 +40,7 @@ class AsyncClient:
     ) -> None:
         self._config = Config.make(server, api_key)
         self._http = httpx.AsyncClient(transport=transport, **self._config.http_options(timeout))
+        self.sandboxes = AsyncSandboxes(self)  # persistent sandboxes (execbox.client.sandboxes)
 
     async def _call(self, call: Call[T]) -> T:
         try:

@@ -125,10 +125,14 @@ def parse_event(kind: str, data: dict[str, Any], seq: int | None = None) -> Even
     return None
 
 
+EventParser = Callable[[str, dict[str, Any], int | None], Event | None]
+
+
 class SSEDecoder:
     """Server-Sent Events from a stream of lines (the text/event-stream format)."""
 
-    def __init__(self) -> None:
+    def __init__(self, parse: EventParser | None = None) -> None:
+        self._parse = parse or parse_event  # sandboxes parse their own kinds of event
         self._event = "message"
         self._data: list[str] = []
         self._id: str | None = None
@@ -140,7 +144,7 @@ class SSEDecoder:
                 return None
             kind, data, seq = self._event, "\n".join(self._data), self._id
             self._event, self._data, self._id = "message", [], None
-            return parse_event(kind, json.loads(data), int(seq) if seq else None)
+            return self._parse(kind, json.loads(data), int(seq) if seq else None)
         if line.startswith(":"):
             return None  # a comment: the server's keepalive ping
         name, _, value = line.partition(":")

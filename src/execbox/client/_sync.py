@@ -20,6 +20,7 @@ from execbox.client._core import (
     ResultEvent,
     RunOptions,
 )
+from execbox.client.sandboxes import Sandboxes
 from execbox.languages import LanguageInfo
 from execbox.models import ExecutionRequest, ExecutionResult
 
@@ -43,6 +44,7 @@ class Client:
     ) -> None:
         self._config = Config.make(server, api_key)
         self._http = httpx.Client(transport=transport, **self._config.http_options(timeout))
+        self.sandboxes = Sandboxes(self)  # persistent sandboxes (execbox.client.sandboxes)
 
     def _call(self, call: Call[T]) -> T:
         try:
