@@ -26,6 +26,8 @@ router = APIRouter(
     responses=problem_responses(401),
 )
 
+SSE_SEND_TIMEOUT_S = 60
+
 JobId = Annotated[str, Path(max_length=64, description="The execution's id")]
 
 
@@ -128,6 +130,8 @@ async def stream_execution(
     return EventSourceResponse(
         execution_events(services.jobs, job_id, int(last_event_id or 0)),
         ping=services.settings.sse_ping_s,
+        # A client that stops reading is dropped rather than holding the stream.
+        send_timeout=SSE_SEND_TIMEOUT_S,
     )
 
 
