@@ -54,28 +54,32 @@ def run(client: httpx.Client, sid: str, cmd: list[str] | str, **body: Any) -> di
     return response.json()
 
 
-def sandbox_processes() -> list[int]:
-    """Host pids running as the server's sandbox uid (alive, not zombies)."""
+def sandbox_processes(command: str) -> list[int]:
+    """Host pids of ``command`` running as the server's sandbox uid (not zombies)."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
         try:
-            status = (entry / "status").read_text()
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
         except OSError:
             continue
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if fields.get("Uid", "").split()[0] == str(SERVER_UID) and not fields.get(
-            "State", ""
-        ).startswith("Z"):
+        if (
+            fields.get("Name") == command
+            and fields.get("Uid", "").split()[0] == str(SERVER_UID)
+            and not fields.get("State", "").startswith("Z")
+        ):
             pids.append(int(entry.name))
     return pids
 
 
-def workspace_mounts(server: Server) -> list[str]:
+def workspace_holding(server: Server, marker: str) -> Path | None:
+    """The mounted workspace (on the host) that holds the file ``marker``."""
     root = server.env["EXECBOX_RUNTIME_DIR"]
-    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1].startswith(root)]  # fmt: skip
+    for line in Path("/proc/mounts").read_text().splitlines():
+        mount = Path(line.split()[1])
+        if str(mount).startswith(root) and (mount / marker).exists():
+            return mount
+    return None
 
 
 def build(client: httpx.Client, sid: str, **body: Any) -> dict[str, Any]:
@@ -276,24 +280,25 @@ def test_hostile_sandbox_reaches_nothing_outside(client: httpx.Client, server: S
 
 
 def test_expiry_frees_processes_and_disk(client: httpx.Client, server: Server) -> None:
-    for info in client.get("/v1/sandboxes", params={"status": "running"}).json():
-        client.delete(f"/v1/sandboxes/{info['id']}")
     sid = create(client, timeout_s=1)["id"]
     run(client, sid, "sleep 600 & setsid sleep 600 & exec sleep 600", background=True)
-    client.put(f"/v1/sandboxes/{sid}/files/fill", content=b"x" * (1 << 20))
-    assert sandbox_processes() and workspace_mounts(server)
+    client.put(f"/v1/sandboxes/{sid}/files/expiry-marker", content=b"x" * (1 << 20))
+    workspace = workspace_holding(server, "expiry-marker")
+    assert workspace is not None and len(sandbox_processes("sleep")) == 3
     expired = wait_until(
         lambda: (s := client.get(f"/v1/sandboxes/{sid}").json())["status"] != "running" and s
     )
     assert expired["status"] == "expired" and expired["end_reason"] == "its timeout passed"
-    assert sandbox_processes() == []  # killed before the end was recorded
-    assert workspace_mounts(server) == []
-    assert client.get(f"/v1/sandboxes/{sid}/files/fill").status_code == 410
+    # Killed and unmounted before the end was recorded.
+    assert sandbox_processes("sleep") == []
+    assert workspace_holding(server, "expiry-marker") is None and not workspace.exists()
+    assert client.get(f"/v1/sandboxes/{sid}/files/expiry-marker").status_code == 410
 
 
 def test_after_a_crash_sandboxes_are_reported_lost(client: httpx.Client, server: Server) -> None:
     sid = create(client, metadata={"case": "restart"})["id"]
-    run(client, sid, "sleep 600", background=True)
+    run(client, sid, "exec sleep 600", background=True)
+    client.put(f"/v1/sandboxes/{sid}/files/crash-marker", content=b"x")
     server.stop(signal.SIGKILL)  # no goodbye: the records still say running
     server.start()
     info = client.get(f"/v1/sandboxes/{sid}").json()
@@ -302,5 +307,5 @@ def test_after_a_crash_sandboxes_are_reported_lost(client: httpx.Client, server:
     assert gone.status_code == 410 and "lost" in gone.json()["detail"]
     # Its processes died with the server (bwrap --die-with-parent), and the new server
     # swept the workspace the old one left mounted.
-    wait_until(lambda: not sandbox_processes())
-    assert workspace_mounts(server) == []
+    wait_until(lambda: not sandbox_processes("sleep"))
+    assert workspace_holding(server, "crash-marker") is None

@@ -247,6 +247,12 @@ class Session:
             raise SandboxError(f"the sandbox did not start: {stderr or exc}") from exc
         return session
 
+    def set_limits(self, limits: SessionLimits) -> None:
+        """New limits for a session started ahead of use (a warm pool's)."""
+        self.cgroup.set_limits(limits.memory_bytes, limits.processes, limits.cpus)
+        self.workspace.resize(limits.disk_mb)
+        self.limits = limits
+
     def _open_netns(self) -> int:
         """The network namespace of init (the process of the cgroup that is not bwrap)."""
         for pid in self.cgroup.pids():

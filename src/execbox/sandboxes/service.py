@@ -173,12 +173,51 @@ class SandboxService:
         self._live: dict[str, LiveSandbox] = {}
         self._starting = 0  # creations under way, counted against the cap
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Sessions started ahead (bwrap, namespaces, cgroup, tmpfs: most of a create's
+        # cost), given their limits when taken.
+        self._warm: list[Session] = []
+        self._filling: asyncio.Task[None] | None = None
+        self._closed = False
 
     @classmethod
     async def start(cls, settings: Settings, engine: Sandbox, db: Database) -> SandboxService:
         service = cls(settings, SandboxSettings(), engine, db)
         await service._mark_lost()
+        service._refill()
         return service
+
+    def _refill(self) -> None:
+        if not self._closed and (self._filling is None or self._filling.done()):
+            self._filling = self.spawn(self._fill())
+
+    async def _fill(self) -> None:
+        default = self._session_limits(self._resolve(SandboxCreate())[0])
+        while not self._closed and len(self._warm) < self.config.sandbox_warm_pool:
+            try:
+                self._warm.append(await open_session(self.engine, default))
+            except Exception:
+                log.exception("sandbox warm pool fill failed")
+                return
+
+    async def _new_session(self, limits: SessionLimits) -> Session:
+        while self._warm:
+            session = self._warm.pop()
+            self._refill()
+            if session.ended.is_set():
+                self.spawn(session.close())
+                continue
+            session.set_limits(limits)
+            return session
+        return await open_session(self.engine, limits)
+
+    @staticmethod
+    def _session_limits(limits: ResolvedSandboxLimits) -> SessionLimits:
+        return SessionLimits(
+            memory_bytes=limits.memory_mb << 20,
+            processes=limits.processes,
+            disk_mb=limits.disk_mb,
+            cpus=limits.cpus,
+        )
 
     async def _mark_lost(self) -> None:
         """Sandboxes of dead server processes on this host are gone for good."""
@@ -243,15 +282,7 @@ class SandboxService:
             )
         self._starting += 1
         try:
-            session = await open_session(
-                self.engine,
-                SessionLimits(
-                    memory_bytes=limits.memory_mb << 20,
-                    processes=limits.processes,
-                    disk_mb=limits.disk_mb,
-                    cpus=limits.cpus,
-                ),
-            )
+            session = await self._new_session(self._session_limits(limits))
         finally:
             self._starting -= 1
         now = utcnow()
@@ -535,6 +566,13 @@ class SandboxService:
 
     async def close(self) -> None:
         """The server stops: its sandboxes end with it, and say so."""
+        self._closed = True
+        if self._filling is not None:
+            self._filling.cancel()
+            await asyncio.gather(self._filling, return_exceptions=True)
+        for session in self._warm:
+            await session.close()
+        self._warm.clear()
         for live in list(self._live.values()):
             with contextlib.suppress(Exception):
                 await self._end(live, SandboxStatus.LOST, "the server stopped")

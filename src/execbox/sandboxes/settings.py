@@ -11,6 +11,9 @@ class SandboxSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXECBOX_", extra="ignore")
 
     max_sandboxes: int = Field(20, ge=0, description="Live sandboxes at once; beyond, 429")
+    sandbox_warm_pool: int = Field(
+        2, ge=0, le=64, description="Sandboxes started ahead, so a create only pays for the take"
+    )
     sandbox_timeout_s: float = Field(300, gt=0, description="Lifetime of a new sandbox")
     sandbox_max_timeout_s: float = Field(3600, gt=0, description="Longest lifetime allowed")
     sandbox_memory_mb: int = Field(512, gt=0, description="Memory of all its processes")
