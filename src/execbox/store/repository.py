@@ -190,10 +190,13 @@ class JobStore:
             await conn.execute(query)
 
     async def expired_leases(self, silent_s: float) -> list[Job]:
-        """Running jobs whose worker has not renewed their lease for ``silent_s``."""
+        """Running jobs whose worker has not renewed their lease for ``silent_s``. Only
+        jobs run by a worker (interactive runs belong to their connection, not a lease)."""
         last = sa.func.coalesce(jobs.c.heartbeat_at, jobs.c.started_at)
         cutoff = sa.func.now() - sa.text(f"interval '{float(silent_s)} seconds'")
-        query = jobs.select().where(jobs.c.status == Status.RUNNING.value, last < cutoff)
+        query = jobs.select().where(
+            jobs.c.status == Status.RUNNING.value, jobs.c.worker_id.is_not(None), last < cutoff
+        )
         async with self.db.read() as conn:
             return [_job(row) for row in await conn.execute(query)]
 
