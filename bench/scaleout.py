@@ -22,71 +22,50 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
-import redis
 
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+# The test suite's kits start and remove real deployments; the benchmark reuses them.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS / "api"), str(TESTS / "scaleout")]
+from api_kit import PG_URL, Server  # noqa: E402
+from scaleout_kit import Worker, remove  # noqa: E402
+
 REDIS_URL = "redis://127.0.0.1:6379/12"
 BODY = {"language": "bash", "code": "echo 1"}
 FLOOR = ["/usr/bin/bash", "-c", "echo 1"]
 CLIENTS = 8
 START_LIMIT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def process(code: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """A Python process of execbox with its own data dir; terminated (SIGTERM) at exit."""
-    data_dir = tempfile.mkdtemp(prefix="execbox-bench-")
-    full_env = {**os.environ, "EXECBOX_DATA_DIR": data_dir, "EXECBOX_LOG_LEVEL": "warning", **env}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=full_env)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait()
+QUIET = {"EXECBOX_LOG_LEVEL": "warning"}  # a log line per request is not what we measure
 
 
 @contextmanager
 def api(env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    with process(f"from execbox.api.cli import serve; serve(port={port})", env) as proc:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_LIMIT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("the API exited at start")
-            try:
-                if httpx.get(f"{url}/openapi.json", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.1)
-        yield url
+    server = Server({**QUIET, **env})
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
-def worker(env: dict[str, str], concurrency: int) -> Any:
-    return process(f"from execbox.worker_cli import run_worker; run_worker({concurrency})", env)
+@contextmanager
+def worker(env: dict[str, str], concurrency: int) -> Iterator[Worker]:
+    started = Worker({**QUIET, **env})
+    started.start(concurrency)
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 def wait_for_workers(url: str, count: int) -> None:
@@ -152,21 +131,6 @@ def floor(n: int) -> list[float]:
     return out
 
 
-def cleanup(schema: str, prefix: str) -> None:
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-    client = redis.Redis.from_url(REDIS_URL)
-    for pattern in (f"saq:{prefix}:*", f"saq:job:{prefix}:*", f"{prefix}:*"):
-        for key in client.scan_iter(match=pattern, count=1000):
-            client.delete(key)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
@@ -190,7 +154,7 @@ def main() -> None:
                 wait_for_workers(url, 2)
                 two = asyncio.run(throughput(url, schema, args.jobs))
     finally:
-        cleanup(schema, prefix)
+        remove(schema, prefix, REDIS_URL)
     bare = floor(args.requests)
 
     report = {

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from api_kit import run, sse_events, submit
-from conftest import Cluster, Worker, start_redis, stop_redis
+from scaleout_kit import Cluster, Worker, start_redis, stop_redis
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -172,6 +172,34 @@ async def test_500_jobs_and_a_killed_worker(cluster: Cluster) -> None:
     while any(w["pid"] == victim_pid for w in _workers(cluster)):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.2)
+
+
+async def test_graceful_stop_hands_jobs_back(cluster: Cluster) -> None:
+    cluster.add_worker()
+    deadline = time.monotonic() + GUARD_S
+    while len(_workers(cluster)) < 2:
+        assert time.monotonic() < deadline, "the new worker did not register"
+        await asyncio.sleep(0.2)
+    with httpx.Client(base_url=cluster.apis[0].url, timeout=60) as client:
+        job_id = submit(client, "sleep 4; echo drained", language="bash")
+    while True:
+        rows = await cluster.query("SELECT status, worker_id FROM jobs WHERE id = $1", job_id)
+        if rows[0]["status"] == "running":
+            break
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.05)
+    holder = next(
+        w for w in cluster.workers if w.proc and f"-{w.proc.pid}-" in rows[0]["worker_id"]
+    )
+    holder.stop()  # SIGTERM: 2 s of grace (EXECBOX_SHUTDOWN_GRACE_S), then hand back
+    await _wait_finished(cluster, [job_id])
+    await _assert_completed_once(cluster, [job_id], ["echo drained"])
+    reasons = await cluster.query(
+        "SELECT data::jsonb ->> 'reason' AS reason FROM job_events WHERE job_id = $1 "
+        "AND kind = 'status' AND data::jsonb ->> 'status' = 'queued' ORDER BY seq",
+        job_id,
+    )
+    assert [r["reason"] for r in reasons] == [None, "the server shut down"]
 
 
 async def test_redis_restart(cluster: Cluster) -> None:

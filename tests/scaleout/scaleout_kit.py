@@ -1,0 +1,133 @@
+"""Scale-out deployments on this machine, for the tests and bench/scaleout.py:
+`execbox worker` processes (API processes are api_kit's Servers) sharing the
+machine's PostgreSQL (a schema of their own) and Redis (a database number and key
+prefix of their own), and their removal; stopping and starting the machine's Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis
+
+# The API suite's real-server helpers (uvicorn subprocess, SSE parsing) serve here too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
+from api_kit import PG_URL, STARTUP_LIMIT_S, Server
+
+REDIS_DB = 11
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+# How this machine's Redis was started (no persistence: a restart loses every key).
+REDIS_SERVER = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+    "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+# Short heartbeats and leases, so a killed worker's jobs come back within seconds.
+TIMINGS = {"EXECBOX_HEARTBEAT_S": "0.5", "EXECBOX_LEASE_S": "3", "EXECBOX_MAX_ATTEMPTS": "3"}
+
+
+def reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def redis_up() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def stop_redis() -> None:
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], check=False)
+    while reachable(6379):
+        time.sleep(0.05)
+
+
+def start_redis() -> None:
+    """Starts the machine's Redis as it was started, unless it is running."""
+    if not redis_up():
+        subprocess.run(REDIS_SERVER, check=True)
+    deadline = time.monotonic() + STARTUP_LIMIT_S
+    while not redis_up():
+        if time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not come back")
+        time.sleep(0.05)
+
+
+@dataclass
+class Worker:
+    """`execbox worker` in a subprocess."""
+
+    env: dict[str, str]
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="execbox-wk-")))
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, concurrency: int) -> None:
+        env = {**os.environ, "EXECBOX_DATA_DIR": str(self.data_dir), **self.env}
+        code = f"from execbox.worker_cli import run_worker; run_worker({concurrency})"
+        with open(self.data_dir / "worker.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=STARTUP_LIMIT_S)
+            self.proc = None
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    schema: str
+    apis: list[Server] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+
+    def add_worker(self, concurrency: int = 2) -> Worker:
+        worker = Worker(self.env)
+        worker.start(concurrency)
+        self.workers.append(worker)
+        return worker
+
+    async def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
+        try:
+            await conn.execute(f'SET search_path TO "{self.schema}"')
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+
+def drop_schema(schema: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def remove(schema: str, prefix: str, redis_url: str = REDIS_URL) -> None:
+    """Drops the deployment's schema and deletes its Redis keys."""
+    drop_schema(schema)
+    client = redis.Redis.from_url(redis_url)
+    for pattern in (f"saq:{prefix}:*", f"saq:job:{prefix}:*", f"{prefix}:*"):
+        for key in client.scan_iter(match=pattern, count=1000):
+            client.delete(key)

@@ -1,0 +1,86 @@
+"""The attempt fence and the hand-back of lost runs, on PostgreSQL (no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+from scaleout_kit import PG_URL, drop_schema, reachable
+
+from execbox.events import LocalEventBus
+from execbox.jobs import JobService, LeaseLost
+from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage, Status, Verdict
+from execbox.queue import LocalQueue
+from execbox.store import Database, EventKind, JobEvent, JobStore
+
+LANG = LanguageRef(name="bash")
+REQUEST = ExecutionRequest(language="bash", code="echo 1")
+RESULT = ExecutionResult(
+    status=Status.COMPLETED,
+    language=LANG,
+    verdict=Verdict.OK,
+    run=Stage(stdout="1\n", verdict=Verdict.OK, exit_code=0),
+)
+LOST = {"reason": "worker w1 stopped answering", "lost": "its worker stopped answering"}
+
+
+@pytest.fixture
+async def jobs() -> AsyncIterator[JobService]:
+    if not reachable(5432):
+        pytest.skip("needs PostgreSQL at 127.0.0.1:5432 (db `test`, trust auth)")
+    schema = f"execbox_leases_{secrets.token_hex(4)}"
+    db = Database(PG_URL, schema)
+    await db.migrate()
+    try:
+        yield JobService(JobStore(db), LocalEventBus(), LocalQueue(100))
+    finally:
+        await db.close()
+        await asyncio.to_thread(drop_schema, schema)
+
+
+async def test_a_run_taken_over_cannot_write(jobs: JobService) -> None:
+    job = await jobs.submit(REQUEST, LANG)
+    first = await jobs.claim(job.id, "w1")
+    assert first is not None and first.attempts == 1
+    assert await jobs.hand_back(first, max_attempts=3, **LOST) is not None
+    second = await jobs.claim(job.id, "w2")
+    assert second is not None and second.attempts == 2
+    output = [JobEvent(EventKind.STDOUT, {"stage": "run", "data": "1\n"})]
+    with pytest.raises(LeaseLost):
+        await jobs.record(job.id, output, fence=first.attempts)
+    with pytest.raises(LeaseLost):
+        await jobs.complete(job.id, RESULT, fence=first.attempts)
+    # A second hand-back of the old run is a no-op: the job moved on.
+    assert await jobs.hand_back(first, max_attempts=3, **LOST) is None
+    await jobs.record(job.id, output, fence=second.attempts)
+    done = await jobs.complete(job.id, RESULT, fence=second.attempts)
+    assert done.status == Status.COMPLETED
+    kinds = [e.kind for e in await jobs.store.events(job.id)]
+    assert kinds.count(EventKind.RESULT) == 1 and kinds.count(EventKind.STDOUT) == 1
+
+
+async def test_lost_too_often_fails_with_the_reason(jobs: JobService) -> None:
+    job = await jobs.submit(REQUEST, LANG)
+    for attempt in range(1, 4):
+        running = await jobs.claim(job.id, f"w{attempt}")
+        assert running is not None
+        handed = await jobs.hand_back(running, max_attempts=3, **LOST)
+        assert handed is not None
+    assert handed.status == Status.FAILED
+    assert handed.error_message == (
+        "its worker stopped answering 3 times while running this job; it was given up"
+    )
+
+
+async def test_leases_expire_unless_renewed(jobs: JobService) -> None:
+    renewed = await jobs.submit(REQUEST, LANG)
+    silent = await jobs.submit(REQUEST, LANG)
+    for job in (renewed, silent):
+        await jobs.claim(job.id, "w1")
+    assert await jobs.store.expired_leases(3600) == []
+    await asyncio.sleep(1.2)
+    await jobs.store.renew_leases("w1", [renewed.id])
+    await jobs.store.renew_leases("w2", [silent.id])  # not its worker: no renewal
+    assert [job.id for job in await jobs.store.expired_leases(1)] == [silent.id]
