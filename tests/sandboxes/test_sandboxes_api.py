@@ -113,6 +113,21 @@ def test_lifecycle_metadata_and_timeout(client: httpx.Client) -> None:
     gone = client.get(f"/v1/sandboxes/{mine['id']}/files")
     assert gone.status_code == 410 and gone.json()["sandbox"]["end_reason"] == "deleted"
     assert client.get("/v1/sandboxes/nope").status_code == 404
+    refused = client.post("/v1/sandboxes", json={"network": True})
+    assert refused.status_code == 422 and "network access is disabled" in refused.json()["detail"]
+    too_big = client.post("/v1/sandboxes", json={"limits": {"memory_mb": 1 << 20}})
+    assert too_big.status_code == 422 and "limits.memory_mb may be at most" in too_big.text
+
+
+def test_disk_quota_covers_all_processes_and_the_api(client: httpx.Client) -> None:
+    sid = create(client, limits={"disk_mb": 2})["id"]
+    # Two processes at once cannot together pass the workspace's size.
+    full = run(client, sid, "head -c 1500000 /dev/zero > a & head -c 1500000 /dev/zero > b; wait")
+    assert "No space left" in full["result"]["stderr"]
+    sent = client.put(f"/v1/sandboxes/{sid}/files/c", content=b"x" * 900_000)
+    assert sent.status_code == 507 and "workspace is full" in sent.json()["detail"]
+    run(client, sid, "rm -f a b")
+    assert client.put(f"/v1/sandboxes/{sid}/files/c", content=b"x" * 900_000).status_code == 201
 
 
 def test_live_sandbox_cap_is_a_clear_429(client: httpx.Client) -> None:
