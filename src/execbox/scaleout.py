@@ -13,7 +13,7 @@ Beside each worker pool, every ``heartbeat_s``:
   hold are handed back; queued jobs SAQ does not know are queued again.
 
 A SIGKILLed worker's jobs therefore run again within ``lease_s`` + 2 *
-``heartbeat_s`` + about a second (14 s with the defaults), or fail after
+``heartbeat_s`` + about a second (15 s with the defaults), or fail after
 ``max_attempts`` starts, with the reason in their error. No job stays running.
 """
 

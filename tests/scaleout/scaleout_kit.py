@@ -6,12 +6,14 @@ prefix of their own), and their removal; stopping and starting the machine's Red
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ import redis
 
 # The API suite's real-server helpers (uvicorn subprocess, SSE parsing) serve here too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
-from api_kit import PG_URL, STARTUP_LIMIT_S, Server
+from api_kit import PG_URL, STARTUP_LIMIT_S, Server, free_port
 
 REDIS_DB = 11
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -131,3 +133,59 @@ def remove(schema: str, prefix: str, redis_url: str = REDIS_URL) -> None:
     for pattern in (f"saq:{prefix}:*", f"saq:job:{prefix}:*", f"{prefix}:*"):
         for key in client.scan_iter(match=pattern, count=1000):
             client.delete(key)
+
+
+class TcpProxy:
+    """A local port forwarded to PostgreSQL, to take the database away from one
+    process: cut() drops every connection and refuses new ones until resume()."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def _call(self, coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=STARTUP_LIMIT_S)
+
+    def resume(self) -> None:
+        self._call(self._listen())
+
+    def cut(self) -> None:
+        self._call(self._cut())
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+
+    async def _cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+        self._writers.discard(writer)

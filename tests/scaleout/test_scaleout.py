@@ -4,6 +4,7 @@ cancel across API processes, 500 jobs through a SIGKILLed worker, a Redis restar
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from api_kit import run, sse_events, submit
-from scaleout_kit import Cluster, Worker, start_redis, stop_redis
+from scaleout_kit import PG_URL, Cluster, Server, TcpProxy, Worker, start_redis, stop_redis
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -233,3 +234,35 @@ async def test_redis_restart(cluster: Cluster) -> None:
     after = await _submit_all(cluster, after_programs)
     await _wait_finished(cluster, before + after)
     await _assert_completed_once(cluster, before + after, programs + after_programs)
+
+
+async def test_database_outage(cluster: Cluster) -> None:
+    """An API process whose PostgreSQL goes away answers 503 naming it, then recovers."""
+    proxy = TcpProxy()
+    proxy.resume()
+    through_proxy = PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    server = Server({**cluster.env, "EXECBOX_DATABASE_URL": through_proxy})
+    try:
+        server.start()
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            proxy.cut()
+            refused = await client.post("/v1/executions", json={"language": "bash", "code": "echo"})
+            assert refused.status_code == 503, refused.text
+            assert "database" in refused.json()["detail"]
+            missing = await client.get("/v1/executions/0123")
+            assert missing.status_code == 503, missing.text
+            health = (await client.get("/health")).json()
+            assert health["checks"]["database"].startswith("failed")
+            assert health["checks"]["queue"] == "ok"
+            proxy.resume()
+            deadline = time.monotonic() + GUARD_S
+            while (await client.get("/health")).status_code != 200:
+                assert time.monotonic() < deadline, "the API did not recover"
+                await asyncio.sleep(0.2)
+            done = await client.post("/v1/executions", json={"language": "bash", "code": "echo ok"})
+            assert done.status_code == 200 and done.json()["run"]["stdout"] == "ok\n"
+    finally:
+        if server.proc is not None:
+            server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+        proxy.close()
