@@ -184,10 +184,6 @@ class RedisQueue(JobQueue):
             # and the sweeper clears it.
             log.warning("could not mark a job done in Redis", job_id=job_id, error=str(exc))
 
-    @property
-    def held(self) -> list[str]:
-        return list(self._held)
-
     async def heartbeat(self) -> None:
         """Tells SAQ the held jobs are alive (SAQ's ``touched``)."""
         for job in list(self._held.values()):
