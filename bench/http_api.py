@@ -10,6 +10,9 @@ temporary data dir, SQLite, default workers):
   and throughput with 8 at once;
 - the acknowledgement of wait=false submissions with 8 concurrent clients (p50, p99).
 
+Floor and HTTP series alternate in rounds, so a machine load that varies during the
+run weighs on both alike.
+
 Usage (as root): .venv/bin/python bench/http_api.py [--requests N]
 """
 
@@ -35,6 +38,7 @@ import httpx
 FLOOR = ["/usr/bin/python3", "-c", "print(1+1)"]
 BODY = {"language": "python", "code": "print(1+1)"}
 CLIENTS = 8
+ROUNDS = 5
 TARGETS = {"sequential_ratio_max": 1.5, "throughput_ratio_min": 0.6, "ack_p99_ms_max": 20}
 
 
@@ -67,7 +71,7 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-async def timed(call: Callable[[], Awaitable[None]]) -> float:
+async def timed(call: Callable[[], Awaitable[object]]) -> float:
     started = time.perf_counter()
     await call()
     return (time.perf_counter() - started) * 1000
@@ -77,8 +81,8 @@ async def sequential(call: Callable[[], Awaitable[None]], n: int) -> list[float]
     return [await timed(call) for _ in range(n)]
 
 
-async def concurrent(call: Callable[[], Awaitable[None]], n: int) -> tuple[float, list[float]]:
-    """Runs ``n`` calls from CLIENTS concurrent clients; (calls per second, latencies)."""
+async def concurrent(call: Callable[[], Awaitable[None]], n: int) -> list[float]:
+    """Runs ``n`` calls from CLIENTS concurrent clients; their latencies."""
     latencies: list[float] = []
     remaining = iter(range(n))
 
@@ -86,9 +90,8 @@ async def concurrent(call: Callable[[], Awaitable[None]], n: int) -> tuple[float
         for _ in remaining:
             latencies.append(await timed(call))
 
-    started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return n / (time.perf_counter() - started), latencies
+    return latencies
 
 
 async def floor_run() -> None:
@@ -102,10 +105,12 @@ async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         breakdown: list[dict[str, float]] = []
 
-        async def sync_run() -> None:
+        async def sync_run(record: bool = False) -> None:
             response = await client.post("/v1/executions", json=BODY)
             result = response.json()
             assert result["run"]["stdout"] == "2\n", response.text
+            if not record:
+                return
             created, started, finished = (
                 datetime.fromisoformat(result[key])
                 for key in ("created_at", "started_at", "finished_at")
@@ -124,13 +129,20 @@ async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
 
         await sequential(sync_run, 20)  # warm-up: connections, warm pool, caches
         await sequential(floor_run, 5)
-        floor_seq = await sequential(floor_run, n)
-        floor_rps, _ = await concurrent(floor_run, 2 * n)
-        breakdown.clear()
-        http_seq = await sequential(sync_run, n)
+        # Floor and HTTP alternate in small rounds, so that both see the same machine
+        # (a load that comes and goes shifts both, not one of them).
+        floor_seq: list[float] = []
+        http_seq: list[float] = []
+        floor_time = http_time = 0.0
+        for _ in range(ROUNDS):
+            floor_seq += await sequential(floor_run, n // ROUNDS)
+            http_seq += await sequential(lambda: sync_run(record=True), n // ROUNDS)
+            floor_time += await timed(lambda: concurrent(floor_run, 2 * n // ROUNDS))
+            http_time += await timed(lambda: concurrent(sync_run, 2 * n // ROUNDS))
         parts = {key: statistics.median(b[key] for b in breakdown) for key in breakdown[0]}
-        http_rps, _ = await concurrent(sync_run, 2 * n)
-        _, acks = await concurrent(ack, 2 * n)
+        floor_rps = 2 * n // ROUNDS * ROUNDS / (floor_time / 1000)
+        http_rps = 2 * n // ROUNDS * ROUNDS / (http_time / 1000)
+        acks = await concurrent(ack, 2 * n)
         # Let the acknowledged jobs drain so the server stops with an empty queue.
         last = (await client.get("/v1/executions", params={"limit": 1})).json()["items"][0]
         async with client.stream("GET", f"/v1/executions/{last['id']}/events") as stream:
