@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from api_kit import Server  # the API suite's real-server helper
 
 TEST_UID = 60361
+API_KEY = "sandboxes-test-key"
 SERVER_UID = 60362  # the API server's sandboxes, counted apart from the engine tests'
 
 
@@ -81,6 +82,7 @@ def server() -> Iterator[Server]:
             "EXECBOX_MAX_SANDBOXES": "4",
             "EXECBOX_SANDBOX_FILE_MB": "1",
             "EXECBOX_SANDBOX_START_WAIT_S": "20",
+            "EXECBOX_API_KEYS": API_KEY,
         }
     )
     server.start()
@@ -96,7 +98,7 @@ def server() -> Iterator[Server]:
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
     """A client whose sandboxes are deleted after the test."""
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers={"X-API-Key": API_KEY}) as client:
         yield client
         for info in client.get("/v1/sandboxes", params={"status": "running"}).json():
             client.delete(f"/v1/sandboxes/{info['id']}")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import websockets
 from api_kit import Server, sse_events
-from conftest import SERVER_UID
+from conftest import API_KEY, SERVER_UID
 
 APPS = Path(__file__).resolve().parent / "apps"
 WEB_APP = """\
@@ -107,7 +107,7 @@ def test_lifecycle_metadata_and_timeout(client: httpx.Client) -> None:
     too_long = client.post(f"/v1/sandboxes/{mine['id']}/timeout", json={"timeout_s": 1e9})
     assert too_long.status_code == 422 and "at most" in too_long.json()["detail"]
     # Reconnect from another client, by id.
-    with httpx.Client(base_url=str(client.base_url)) as other:
+    with httpx.Client(base_url=str(client.base_url), headers={"X-API-Key": API_KEY}) as other:
         assert other.get(f"/v1/sandboxes/{mine['id']}").json()["status"] == "running"
     assert client.delete(f"/v1/sandboxes/{mine['id']}").json()["status"] == "killed"
     gone = client.get(f"/v1/sandboxes/{mine['id']}/files")
@@ -149,6 +149,7 @@ def test_files_are_binary_safe_capped_and_confined(client: httpx.Client) -> None
     assert seen.split()[0] == hashlib.sha256(blob).hexdigest()
     big = client.put(f"/v1/sandboxes/{sid}/files/big", content=b"x" * (2 << 20))
     assert big.status_code == 413
+    assert client.get(f"/v1/sandboxes/{sid}/files/big").status_code == 404  # nothing half-written
     # Escapes: '..', absolute paths, and symlinks planted inside pointing outside.
     run(client, sid, "ln -s /etc/passwd passwd; ln -s / root; ln -s /etc etc")
     refused = {
@@ -224,11 +225,42 @@ def test_preview_http_and_websocket(client: httpx.Client) -> None:
 
     async def echo() -> str:
         ws_url = str(client.base_url).rstrip("/").replace("http", "ws", 1)
-        async with websockets.connect(f"{ws_url}/v1/sandboxes/{sid}/ports/4000/") as ws:
+        url = f"{ws_url}/v1/sandboxes/{sid}/ports/4000/"
+        async with websockets.connect(url, additional_headers={"X-API-Key": API_KEY}) as ws:
             await ws.send("ping")
             return str(await ws.recv())
 
     assert asyncio.run(echo()) == "echo: ping"
+
+
+def test_browsers_open_previews_with_the_preview_token(
+    client: httpx.Client, server: Server
+) -> None:
+    created = create(client)
+    sid, token = created["id"], created["preview_token"]
+    echo_headers = (
+        "import http.server\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        body = (self.path + ' ' + str(self.headers.get('cookie'))).encode()\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n"
+        "http.server.HTTPServer(('127.0.0.1', 3000), H).serve_forever()\n"
+    )
+    client.put(f"/v1/sandboxes/{sid}/files/h.py", content=echo_headers.encode())
+    run(client, sid, "exec python3 h.py", background=True)
+    path = f"/v1/sandboxes/{sid}/ports/3000/page"
+    wait_until(lambda: client.get(path).status_code == 200)
+    with httpx.Client(base_url=server.url) as browser:  # no API key
+        assert browser.get(path).status_code == 401
+        assert browser.get(path, params={"execbox_preview_token": "wrong"}).status_code == 401
+        first = browser.get(path, params={"execbox_preview_token": token, "q": "1"})
+        # The app sees neither the token nor execbox's cookie.
+        assert first.status_code == 200 and first.text == "/page?q=1 None"
+        assert "execbox_preview" in first.headers["set-cookie"]
+        browser.cookies.set("app", "x", path="/")
+        assert browser.get(path).text == "/page app=x"  # the cookie carries the token
+        other = create(client)["id"]
+        assert browser.get(f"/v1/sandboxes/{other}/ports/3000/").status_code == 401
 
 
 def test_builds_replace_the_app_and_fail_clearly(client: httpx.Client, server: Server) -> None:
@@ -239,10 +271,10 @@ def test_builds_replace_the_app_and_fail_clearly(client: httpx.Client, server: S
     assert (v1["status"], v1["build_version"]) == ("ready", 1), v1
     assert [s["name"] for s in v1["steps"]] == ["scaffold", "checks", "starting"]
     assert all(s["status"] == "ok" and s["finished_at"] for s in v1["steps"])
-    assert httpx.get(v1["preview_url"] + "x").text == "v1 at /x"
+    assert client.get(v1["preview_url"] + "x").text == "v1 at /x"
     v2 = build(client, sid, files=[{"path": "message.txt", "content": "v2"}], **spec)
     assert (v2["status"], v2["build_version"]) == ("ready", 2)
-    assert httpx.get(v2["preview_url"] + "x").text == "v2 at /x"
+    assert client.get(v2["preview_url"] + "x").text == "v2 at /x"
     assert client.get(f"/v1/sandboxes/{sid}").json()["build_version"] == 2
     # A failing check: the step, its output, words, and a debug id in the server log.
     v3 = build(client, sid, files=[{"path": "message.txt", "content": ""}], **spec)
@@ -251,7 +283,7 @@ def test_builds_replace_the_app_and_fail_clearly(client: httpx.Client, server: S
     assert error["step"] == "checks" and "the check failed" in error["message"]
     assert "message.txt is empty" in error["output_tail"]
     assert any(r.get("debug_id") == error["debug_id"] for r in server.log_records())
-    assert httpx.get(v2["preview_url"] + "x").text == "v2 at /x"  # v2 still serves
+    assert client.get(v2["preview_url"] + "x").text == "v2 at /x"  # v2 still serves
     # An app that never listens fails in the starting step.
     v4 = build(client, sid, start={"cmd": "echo crashing; exit 7", "port": 3001})
     assert v4["error"]["step"] == "starting" and "exit code 7" in v4["error"]["message"]
@@ -295,11 +327,13 @@ def test_hostile_sandbox_reaches_nothing_outside(client: httpx.Client, server: S
 
 
 def test_expiry_frees_processes_and_disk(client: httpx.Client, server: Server) -> None:
-    sid = create(client, timeout_s=1)["id"]
+    sid = create(client, timeout_s=120)["id"]
     run(client, sid, "sleep 600 & setsid sleep 600 & exec sleep 600", background=True)
     client.put(f"/v1/sandboxes/{sid}/files/expiry-marker", content=b"x" * (1 << 20))
     workspace = workspace_holding(server, "expiry-marker")
-    assert workspace is not None and len(sandbox_processes("sleep")) == 3
+    assert workspace is not None
+    wait_until(lambda: len(sandbox_processes("sleep")) == 3)  # the shell started them all
+    client.post(f"/v1/sandboxes/{sid}/timeout", json={"timeout_s": 0.2})  # now it may expire
     expired = wait_until(
         lambda: (s := client.get(f"/v1/sandboxes/{sid}").json())["status"] != "running" and s
     )

@@ -6,6 +6,7 @@ import asyncio
 
 import httpx
 from api_kit import Server
+from conftest import API_KEY
 
 from execbox.client import AsyncClient, Client, NotFoundError
 from execbox.client.sandboxes import BuildUpdate, CommandHandle
@@ -23,7 +24,7 @@ http.server.HTTPServer(("127.0.0.1", 8080), Page).serve_forever()
 
 
 def test_sync_sdk(server: Server) -> None:
-    with Client(server.url) as client:
+    with Client(server.url, api_key=API_KEY) as client:
         sandbox = client.sandboxes.create(timeout_s=120, metadata={"sdk": "sync"})
         try:
             sandbox.files.write("dir/hello.txt", "hello")
@@ -59,8 +60,11 @@ def test_sync_sdk(server: Server) -> None:
             )
             assert build.status == "ready" and updates[-1] == "ready"
             assert build.preview_url == sandbox.get_preview_url(8080)
-            assert httpx.get(sandbox.get_preview_url(8080)).text == "v1"
-            with Client(server.url) as other:
+            assert (
+                httpx.get(sandbox.get_preview_url(8080), headers={"X-API-Key": API_KEY}).text
+                == "v1"
+            )
+            with Client(server.url, api_key=API_KEY) as other:
                 again = other.sandboxes.connect(sandbox.id)
                 assert again.info.build_version == 1
                 assert [s.id for s in other.sandboxes.list(metadata={"sdk": "sync"})] == [
@@ -73,7 +77,7 @@ def test_sync_sdk(server: Server) -> None:
 
 def test_async_sdk(server: Server) -> None:
     async def scenario() -> None:
-        async with AsyncClient(server.url) as client:
+        async with AsyncClient(server.url, api_key=API_KEY) as client:
             sandbox = await client.sandboxes.create()
             try:
                 await sandbox.files.write("x.txt", "async")

@@ -8,10 +8,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
+import hmac
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 import httpcore
 import websockets
@@ -31,6 +34,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from execbox.api.deps import require_api_key
@@ -52,7 +56,9 @@ from execbox.sandboxes.schemas import (
 )
 from execbox.sandboxes.service import (
     CommandNotFound,
+    FileTooLarge,
     InvalidSandboxRequest,
+    LiveSandbox,
     SandboxElsewhere,
     SandboxGone,
     SandboxNotFound,
@@ -93,8 +99,10 @@ def _problem(exc: Exception) -> ProblemError | None:
             return ProblemError(400, str(exc))
         case IsADirectoryError() | NotADirectoryError():
             return ProblemError(400, "the path names a directory where a file is needed")
-        case SandboxError() if "No space left" in str(exc):
-            return ProblemError(507, f"the workspace is full: {exc}")
+        case FileTooLarge():
+            return ProblemError(413, str(exc))
+        case OSError() if exc.errno == errno.ENOSPC:
+            return ProblemError(507, "the workspace is full: remove files or ask for more disk_mb")
     return None
 
 
@@ -108,7 +116,7 @@ class _SandboxRoute(APIRoute):
             try:
                 return await handler(request)
             except (LookupError, SandboxGone, TooManySandboxes, SandboxElsewhere, ValueError,
-                    OSError, SandboxError) as exc:  # fmt: skip
+                    OSError, SandboxError, FileTooLarge) as exc:  # fmt: skip
                 problem = _problem(exc)
                 if problem is None:
                     raise
@@ -242,28 +250,22 @@ async def list_files(
 async def write_file(
     sandbox_id: SandboxId, path: str, request: Request, sandboxes: SandboxesDep
 ) -> dict[str, Any]:
-    """The request body, byte for byte, becomes the file (parents are created)."""
-    cap = sandboxes.config.sandbox_file_mb << 20
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise ProblemError(413, f"files sent through the API are at most {cap} bytes")
-        chunks.append(chunk)
-    await sandboxes.write_file(sandbox_id, path, b"".join(chunks))
+    """The request body, byte for byte and streamed, becomes the file (parents are
+    created)."""
+    size = await sandboxes.write_file(sandbox_id, path, request.stream())
     return {"path": path, "size": size}
 
 
 @http.get(
     "/{sandbox_id}/files/{path:path}",
-    response_class=Response,
-    responses={
-        200: {"content": {"application/octet-stream": {}}},
-    },
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def read_file(sandbox_id: SandboxId, path: str, sandboxes: SandboxesDep) -> Response:
-    data = await sandboxes.read_file(sandbox_id, path)
-    return Response(data, media_type="application/octet-stream")
+    size, chunks = await sandboxes.read_file(sandbox_id, path)
+    return StreamingResponse(
+        chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)}
+    )
 
 
 @http.delete("/{sandbox_id}/files/{path:path}", status_code=204)
@@ -454,8 +456,61 @@ async def build_events(
 
 # -- preview -------------------------------------------------------------------------------
 
+# Browsers cannot send an API key with a page load: a sandbox's preview token opens
+# its preview once in the query, and then rides in a cookie scoped to the sandbox.
+TOKEN_PARAM = "execbox_preview_token"
+COOKIE = "execbox_preview"
 
-@http.api_route(
+previews = APIRouter(
+    prefix="/v1/sandboxes",
+    route_class=_SandboxRoute,
+    responses=problem_responses(401, 404, 409, 410, 422, 502, 504),
+)
+
+
+async def _preview_live(connection: HTTPConnection, sandbox_id: str) -> tuple[LiveSandbox, bool]:
+    """The sandbox, if the caller may reach it: an API key, its preview token in the
+    query (True: the answer sets the cookie) or the cookie."""
+    sandboxes: SandboxService = connection.app.state.sandboxes
+    settings = connection.app.state.settings
+    try:
+        live = await sandboxes.live(sandbox_id)
+    except Exception:
+        # Whether a sandbox exists is for key holders only.
+        await require_api_key(connection, settings, None, None)  # type: ignore[arg-type]
+        raise
+    token = live.info.preview_token
+    if hmac.compare_digest(connection.query_params.get(TOKEN_PARAM, ""), token):
+        return live, True
+    if hmac.compare_digest(connection.cookies.get(COOKIE, ""), token):
+        return live, False
+    await require_api_key(connection, settings, None, None)  # type: ignore[arg-type]
+    return live, False
+
+
+def _upstream_query(connection: HTTPConnection) -> str:
+    """The query for the app: ours (the token) taken out, the rest as it came."""
+    query = connection.url.query
+    if TOKEN_PARAM not in connection.query_params:
+        return query
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != TOKEN_PARAM]
+    return urlencode(kept)
+
+
+def _upstream_headers(request: Request) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for name, value in request.headers.raw:
+        if name == b"cookie":
+            # Our cookie is for execbox, not for the app.
+            value = "; ".join(
+                c for c in value.decode("latin-1").split("; ") if not c.startswith(COOKIE + "=")
+            ).encode("latin-1")
+        if name not in HOP_BY_HOP and value:
+            headers.append((name, value))
+    return headers
+
+
+@previews.api_route(
     "/{sandbox_id}/ports/{port}/{path:path}",
     methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
     response_class=Response,
@@ -464,12 +519,14 @@ async def preview(
     sandbox_id: SandboxId, port: Port, path: str, request: Request, sandboxes: SandboxesDep
 ) -> Response:
     """Forwards to the server listening on `port` inside the sandbox (its own
-    127.0.0.1; the sandbox itself still has no network)."""
-    live = await sandboxes.live(sandbox_id)
-    target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
-    headers = [(k, v) for k, v in request.headers.raw if k not in HOP_BY_HOP]
+    127.0.0.1; the sandbox itself still has no network). Needs an API key, or the
+    sandbox's `preview_token` (as `?execbox_preview_token=`, then its cookie)."""
+    live, set_cookie = await _preview_live(request, sandbox_id)
+    query = _upstream_query(request)
+    target = "/" + path + (f"?{query}" if query else "")
     prefix = f"/v1/sandboxes/{sandbox_id}/ports/{port}"
-    headers += [
+    headers = [
+        *_upstream_headers(request),
         (b"host", f"127.0.0.1:{port}".encode()),
         (b"x-forwarded-prefix", prefix.encode()),
         (b"x-forwarded-host", request.headers.get("host", "").encode()),
@@ -493,7 +550,7 @@ async def preview(
         raise ProblemError(504, f"port {port} in sandbox {sandbox_id} did not answer") from exc
     except httpcore.ProtocolError as exc:
         raise ProblemError(502, f"port {port} answered with invalid HTTP: {exc}") from exc
-    return StreamingResponse(
+    response = StreamingResponse(
         answer.aiter_stream(),
         status_code=answer.status,
         headers={
@@ -503,6 +560,12 @@ async def preview(
         },
         background=BackgroundTask(answer.aclose),
     )
+    if set_cookie:
+        response.set_cookie(
+            COOKIE, live.info.preview_token, path=f"/v1/sandboxes/{sandbox_id}/",
+            httponly=True, samesite="lax", secure=request.url.scheme == "https",
+        )  # fmt: skip
+    return response
 
 
 @router.websocket("/v1/sandboxes/{sandbox_id}/ports/{port}/{path:path}")
@@ -510,7 +573,7 @@ async def preview_websocket(websocket: WebSocket, sandbox_id: str, port: int, pa
     """Relays a WebSocket to the server on `port` inside the sandbox."""
     sandboxes: SandboxService = websocket.app.state.sandboxes
     try:
-        await require_api_key(websocket, websocket.app.state.settings, None, None)  # type: ignore[arg-type]
+        await _preview_live(websocket, sandbox_id)
         sock = await sandboxes.open_port(sandbox_id, port)
     except ProblemError as exc:
         await websocket.close(code=1008, reason=exc.detail[:120])
@@ -518,7 +581,7 @@ async def preview_websocket(websocket: WebSocket, sandbox_id: str, port: int, pa
     except (LookupError, SandboxGone, SandboxElsewhere, OSError) as exc:
         await websocket.close(code=1011, reason=str(exc)[:120])
         return
-    query = websocket.url.query
+    query = _upstream_query(websocket)
     uri = f"ws://127.0.0.1:{port}/{path}" + (f"?{query}" if query else "")
     try:
         async with websockets.connect(
@@ -565,3 +628,4 @@ async def _relay(client: WebSocket, upstream: websockets.ClientConnection) -> No
 
 
 router.include_router(http)
+router.include_router(previews)

@@ -141,6 +141,20 @@ class Workspace:
             raise WorkspacePathError(f"{path!r} is not a regular file")
         return fd
 
+    def open_file(self, path: str, *, write: bool) -> int:
+        """A blocking descriptor of a regular file, for streaming it (the caller closes
+        it): created or truncated, and owned by the sandbox uid, when ``write``."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC if write else os.O_RDONLY
+        fd = self._open_regular(path, flags)
+        try:
+            if write:
+                os.fchown(fd, self.uid, self.gid)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         fd = self._open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:

@@ -72,6 +72,12 @@ class SandboxInfo(BaseModel):
     end_reason: str | None = None
     build_version: int = Field(0, description="Version of the newest build (0: none)")
     preview_url: str | None = Field(None, description="The running app of the newest build")
+    preview_token: str = Field(
+        "",
+        description="Opens preview URLs without an API key (browsers): once as "
+        "`?execbox_preview_token=…`, then a cookie carries it; part of `preview_url` when "
+        "the server has API keys",
+    )
 
 
 class TimeoutUpdate(BaseModel):

@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -61,7 +61,8 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
     "PYTHONUNBUFFERED": "1",  # a server's logs should arrive as it writes them
 }
-MAX_COMMANDS_KEPT = 256  # finished commands remembered per sandbox, newest first
+MAX_COMMANDS_KEPT = 256
+FILE_CHUNK = 1 << 20  # finished commands remembered per sandbox, newest first
 
 
 class SandboxNotFound(LookupError):
@@ -85,6 +86,10 @@ class TooManySandboxes(Exception):
 
 
 class CommandNotFound(LookupError):
+    pass
+
+
+class FileTooLarge(Exception):
     pass
 
 
@@ -294,6 +299,7 @@ class SandboxService:
             network=request.network,
             created_at=now,
             expires_at=now + timedelta(seconds=timeout),
+            preview_token=secrets.token_urlsafe(24),
         )
         live = LiveSandbox(info, session)
         self._live[info.id] = live
@@ -408,12 +414,50 @@ class SandboxService:
 
     # -- files ---------------------------------------------------------------------
 
-    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        (await self.live(sandbox_id)).session.workspace.write_file(path, data)
-
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]) -> int:
+        """Streams ``chunks`` into the file; a failed or oversized upload leaves no file.
+        Writes go straight to the tmpfs (memory speed): no thread is needed."""
         workspace = (await self.live(sandbox_id)).session.workspace
-        return workspace.read_file(path, self.config.sandbox_file_mb << 20)
+        cap = self.config.sandbox_file_mb << 20
+        fd = workspace.open_file(path, write=True)
+        size = 0
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > cap:
+                    raise FileTooLarge(f"files sent through the API are at most {cap} bytes")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        except BaseException:
+            with contextlib.suppress(OSError, ValueError):
+                workspace.remove(path)
+            raise
+        finally:
+            os.close(fd)
+        return size
+
+    async def read_file(self, sandbox_id: str, path: str) -> tuple[int, AsyncIterator[bytes]]:
+        """The file's size and its content in chunks (as it was when opened: a file
+        that grows meanwhile is cut at that size)."""
+        workspace = (await self.live(sandbox_id)).session.workspace
+        cap = self.config.sandbox_file_mb << 20
+        fd = workspace.open_file(path, write=False)
+        size = os.fstat(fd).st_size
+        if size > cap:
+            os.close(fd)
+            raise FileTooLarge(f"files read through the API are at most {cap} bytes")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                left = size
+                while left > 0 and (chunk := os.read(fd, min(left, FILE_CHUNK))):
+                    left -= len(chunk)
+                    yield chunk
+            finally:
+                os.close(fd)
+
+        return size, chunks()
 
     async def remove_file(self, sandbox_id: str, path: str) -> None:
         (await self.live(sandbox_id)).session.workspace.remove(path)
