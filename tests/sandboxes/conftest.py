@@ -83,6 +83,7 @@ def server() -> Iterator[Server]:
             "EXECBOX_SANDBOX_FILE_MB": "1",
             "EXECBOX_SANDBOX_START_WAIT_S": "20",
             "EXECBOX_API_KEYS": API_KEY,
+            "EXECBOX_ALLOW_NETWORK": "1",  # for a build's deps step only
         }
     )
     server.start()

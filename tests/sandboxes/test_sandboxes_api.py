@@ -113,8 +113,6 @@ def test_lifecycle_metadata_and_timeout(client: httpx.Client) -> None:
     gone = client.get(f"/v1/sandboxes/{mine['id']}/files")
     assert gone.status_code == 410 and gone.json()["sandbox"]["end_reason"] == "deleted"
     assert client.get("/v1/sandboxes/nope").status_code == 404
-    refused = client.post("/v1/sandboxes", json={"network": True})
-    assert refused.status_code == 422 and "network access is disabled" in refused.json()["detail"]
     too_big = client.post("/v1/sandboxes", json={"limits": {"memory_mb": 1 << 20}})
     assert too_big.status_code == 422 and "limits.memory_mb may be at most" in too_big.text
 
@@ -292,6 +290,22 @@ def test_builds_replace_the_app_and_fail_clearly(client: httpx.Client, server: S
     fetch = "import urllib.request as u; u.urlopen('http://pypi.org')"
     v5 = build(client, sid, install=["python3", "-c", fetch])
     assert v5["error"]["step"] == "deps" and "no network" in v5["error"]["message"]
+
+
+def test_networked_deps_run_beside_the_sandbox(client: httpx.Client) -> None:
+    # network: true gives the deps step a one-shot box with network over the same
+    # workspace; the sandbox's own commands still have none.
+    sid = create(client, network=True)["id"]
+    probe = "import socket; print(len(socket.if_nameindex()))"
+    done = build(
+        client, sid, install=["python3", "-c", f"{probe}; open('deps.txt', 'w').write('ok')"]
+    )
+    assert done["status"] == "ready", done
+    assert [s["name"] for s in done["steps"]] == ["scaffold", "deps"]
+    interfaces = int(done["steps"][1]["output_tail"])
+    assert run(client, sid, "cat deps.txt")["result"]["stdout"] == "ok"
+    inside = run(client, sid, ["python3", "-c", probe])["result"]["stdout"]
+    assert int(inside) == 1 < interfaces  # only its own loopback
 
 
 PROBE = """\

@@ -231,17 +231,20 @@ class SandboxService:
             if pid is None or pid == os.getpid() or not _pid_alive(pid):
                 await self._record_end(info, owner, SandboxStatus.LOST, "the server restarted")
 
+    @staticmethod
+    def _ended(info: SandboxInfo, status: SandboxStatus, reason: str) -> SandboxInfo:
+        changes = {
+            "status": status,
+            "end_reason": reason,
+            "ended_at": utcnow(),
+            "preview_url": None,
+        }
+        return info.model_copy(update=changes)
+
     async def _record_end(
         self, info: SandboxInfo, owner: str, status: SandboxStatus, reason: str
     ) -> SandboxInfo:
-        info = info.model_copy(
-            update={
-                "status": status,
-                "end_reason": reason,
-                "ended_at": utcnow(),
-                "preview_url": None,
-            }
-        )
+        info = self._ended(info, status, reason)
         await self.store.save(info, owner)
         return info
 
@@ -328,10 +331,11 @@ class SandboxService:
             await self._end(live, SandboxStatus.FAILED, "its init process ended (out of memory?)")
 
     async def _end(self, live: LiveSandbox, status: SandboxStatus, reason: str) -> SandboxInfo:
-        """Kills every process, frees the workspace and records why; idempotent."""
-        if self._live.get(live.info.id) is not live:
+        """Kills every process, frees the workspace and records why; idempotent. The
+        sandbox reads as ended from the first moment, never as half-alive."""
+        if self._live.get(live.info.id) is not live or live.info.status != SandboxStatus.RUNNING:
             return live.info
-        del self._live[live.info.id]
+        live.info = self._ended(live.info, status, reason)
         if live.expiry is not None:
             live.expiry.cancel()
         live.session.kill()
@@ -339,12 +343,13 @@ class SandboxService:
             command.log.close()
         for _, build_log in live.builds.values():
             build_log.close()
-        if live.preview is not None:
-            await live.preview.aclose()
         try:
+            if live.preview is not None:
+                await live.preview.aclose()
             await live.session.close()
         finally:
-            live.info = await self._record_end(live.info, self.owner, status, reason)
+            del self._live[live.info.id]
+            await self.store.save(live.info, self.owner)
         log.info("sandbox ended", sandbox_id=live.info.id, status=status.value, reason=reason)
         return live.info
 
@@ -383,6 +388,8 @@ class SandboxService:
     async def live(self, sandbox_id: str) -> LiveSandbox:
         live = self._live.get(sandbox_id)
         if live is not None:
+            if live.info.status != SandboxStatus.RUNNING:  # ending right now
+                raise SandboxGone(live.info)
             return live
         info = await self.get(sandbox_id)
         if info.status == SandboxStatus.RUNNING:
