@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -195,6 +195,90 @@ def preview_url(base_url: str, sandbox_id: str, port: int) -> str:
     return f"{base_url}{_path(sandbox_id, 'ports', str(port))}/"
 
 
+class Calls:
+    """Every request of a sandbox, built once for both twins."""
+
+    def __init__(self, sandbox_id: str) -> None:
+        self.id = sandbox_id
+
+    def info(self) -> Request[SandboxInfo]:
+        return Request("GET", _path(self.id), _model(SandboxInfo))
+
+    def set_timeout(self, timeout_s: float) -> Request[SandboxInfo]:
+        body = {"timeout_s": timeout_s}
+        return Request("POST", _path(self.id, "timeout"), _model(SandboxInfo), body)
+
+    def kill(self) -> Request[SandboxInfo]:
+        return Request("DELETE", _path(self.id), _model(SandboxInfo))
+
+    def build(self, body: dict[str, Any]) -> Request[BuildInfo]:
+        return Request("POST", _path(self.id, "builds"), _model(BuildInfo), body)
+
+    def get_build(self, build_id: str) -> Request[BuildInfo]:
+        return Request("GET", _path(self.id, "builds", build_id), _model(BuildInfo))
+
+    def build_events(self, build_id: str) -> str:
+        return _path(self.id, "builds", build_id, "events")
+
+    def write(self, path: str, data: bytes | str) -> Request[None]:
+        content = data.encode() if isinstance(data, str) else data
+        return Request("PUT", _path(self.id, "files", path), _nothing, content=content)
+
+    def read(self, path: str) -> Request[bytes]:
+        return Request("GET", _path(self.id, "files", path), _content)
+
+    def list_files(self, path: str) -> Request[list[FileEntry]]:
+        return Request("GET", _path(self.id, "files"), _models(FileEntry), params={"path": path})
+
+    def remove(self, path: str) -> Request[None]:
+        return Request("DELETE", _path(self.id, "files", path), _nothing)
+
+    def run(
+        self,
+        cmd: Sequence[str] | str,
+        background: bool,
+        streamed: bool,
+        options: Mapping[str, Any],
+    ) -> Request[CommandInfo]:
+        """A foreground command streamed to callbacks runs as a background one (its
+        output then comes over SSE), with the foreground's default timeout."""
+        timeout_s = options.get("timeout_s")
+        if streamed and timeout_s is None:
+            timeout_s = STREAMED_TIMEOUT_S
+        body = command_body(
+            cmd, background=background or streamed, cwd=options.get("cwd"),
+            env=options.get("env"), stdin=options.get("stdin"), timeout_s=timeout_s,
+        )  # fmt: skip
+        return Request("POST", _path(self.id, "commands"), _model(CommandInfo), body)
+
+    def command(self, command_id: str) -> Request[CommandInfo]:
+        return Request("GET", _path(self.id, "commands", command_id), _model(CommandInfo))
+
+    def commands(self) -> Request[list[CommandInfo]]:
+        return Request("GET", _path(self.id, "commands"), _models(CommandInfo))
+
+
+class CommandCalls:
+    def __init__(self, info: CommandInfo) -> None:
+        self.path = _path(info.sandbox_id, "commands", info.id)
+
+    def events(self) -> str:
+        return self.path + "/events"
+
+    def stdin(self, data: str, close: bool) -> Request[None]:
+        return Request("POST", self.path + "/stdin", _nothing, {"data": data, "close": close})
+
+    def kill(self) -> Request[CommandInfo]:
+        return Request("DELETE", self.path, _model(CommandInfo))
+
+
+class RunOptions(TypedDict, total=False):
+    cwd: str
+    env: Mapping[str, str]
+    stdin: str
+    timeout_s: float
+
+
 # -- sync ------------------------------------------------------------------------------
 
 
@@ -241,7 +325,7 @@ class Sandboxes:
 
     def connect(self, sandbox_id: str) -> Sandbox:
         """The sandbox with this id (from any client); NotFoundError if there is none."""
-        return Sandbox(self, self._send(Request("GET", _path(sandbox_id), _model(SandboxInfo))))
+        return Sandbox(self, self._send(Calls(sandbox_id).info()))
 
     def list(
         self, *, metadata: Mapping[str, str] | None = None, status: str | None = None,
@@ -254,30 +338,27 @@ class Sandbox:
     """A sandbox: ``files``, ``commands``, builds and preview URLs."""
 
     def __init__(self, api: Sandboxes, info: SandboxInfo) -> None:
-        self._api = api
+        self._api, self._calls = api, Calls(info.id)
         self.info = info
         self.id = info.id
-        self.files = SandboxFiles(api, info.id)
-        self.commands = SandboxCommands(api, info.id)
+        self.files = SandboxFiles(api, self._calls)
+        self.commands = SandboxCommands(api, self._calls)
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.id} {self.info.status.value}>"
 
     def refresh(self) -> SandboxInfo:
-        self.info = self._api._send(Request("GET", _path(self.id), _model(SandboxInfo)))
+        self.info = self._api._send(self._calls.info())
         return self.info
 
     def set_timeout(self, timeout_s: float) -> SandboxInfo:
         """The sandbox now expires ``timeout_s`` seconds from now."""
-        request = Request(
-            "POST", _path(self.id, "timeout"), _model(SandboxInfo), {"timeout_s": timeout_s}
-        )
-        self.info = self._api._send(request)
+        self.info = self._api._send(self._calls.set_timeout(timeout_s))
         return self.info
 
     def kill(self) -> SandboxInfo:
         """Ends the sandbox: every process, and its files."""
-        self.info = self._api._send(Request("DELETE", _path(self.id), _model(SandboxInfo)))
+        self.info = self._api._send(self._calls.kill())
         return self.info
 
     def get_preview_url(self, port: int) -> str:
@@ -294,48 +375,41 @@ class Sandbox:
         wait: bool = True,
     ) -> BuildInfo:
         """Builds a version of the app; waits for ready or failed unless ``wait=False``."""
-        body = build_body(files, install, check, start)
-        build = self._api._send(Request("POST", _path(self.id, "builds"), _model(BuildInfo), body))
+        build = self._api._send(self._calls.build(build_body(files, install, check, start)))
         if not wait:
             return build
-        for event in self._api._events(_path(self.id, "builds", build.id, "events"), 0):
+        for event in self._api._events(self._calls.build_events(build.id), 0):
             if on_event is not None:
                 on_event(event)
         return self.get_build(build.id)
 
     def get_build(self, build_id: str) -> BuildInfo:
-        return self._api._send(
-            Request("GET", _path(self.id, "builds", build_id), _model(BuildInfo))
-        )
+        return self._api._send(self._calls.get_build(build_id))
 
 
 class SandboxFiles:
-    def __init__(self, api: Sandboxes, sandbox_id: str) -> None:
-        self._api, self._id = api, sandbox_id
+    def __init__(self, api: Sandboxes, calls: Calls) -> None:
+        self._api, self._calls = api, calls
 
     def write(self, path: str, data: bytes | str) -> None:
-        content = data.encode() if isinstance(data, str) else data
-        self._api._send(Request("PUT", _path(self._id, "files", path), _nothing, content=content))
+        self._api._send(self._calls.write(path, data))
 
     def read(self, path: str) -> bytes:
-        return self._api._send(Request("GET", _path(self._id, "files", path), _content))
+        return self._api._send(self._calls.read(path))
 
     def read_text(self, path: str) -> str:
         return self.read(path).decode()
 
     def list(self, path: str = "") -> list[FileEntry]:
-        request = Request(
-            "GET", _path(self._id, "files"), _models(FileEntry), params={"path": path}
-        )
-        return self._api._send(request)
+        return self._api._send(self._calls.list_files(path))
 
     def remove(self, path: str) -> None:
-        self._api._send(Request("DELETE", _path(self._id, "files", path), _nothing))
+        self._api._send(self._calls.remove(path))
 
 
 class SandboxCommands:
-    def __init__(self, api: Sandboxes, sandbox_id: str) -> None:
-        self._api, self._id = api, sandbox_id
+    def __init__(self, api: Sandboxes, calls: Calls) -> None:
+        self._api, self._calls = api, calls
 
     def run(
         self,
@@ -344,47 +418,36 @@ class SandboxCommands:
         background: bool = False,
         on_stdout: OutputHandler | None = None,
         on_stderr: OutputHandler | None = None,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-        timeout_s: float | None = None,
+        **options: Unpack[RunOptions],
     ) -> CommandInfo | CommandHandle:
         """Foreground: the finished command (``.result`` is its Stage), its output
         passed to ``on_stdout``/``on_stderr`` as it comes. Background: a
-        ``CommandHandle`` at once."""
+        ``CommandHandle`` at once. Options: cwd, env, stdin, timeout_s."""
         streamed = not background and (on_stdout is not None or on_stderr is not None)
-        if streamed and timeout_s is None:
-            timeout_s = STREAMED_TIMEOUT_S
-        body = command_body(cmd, background=background or streamed, cwd=cwd, env=env,
-                            stdin=stdin, timeout_s=timeout_s)  # fmt: skip
-        info = self._api._send(
-            Request("POST", _path(self._id, "commands"), _model(CommandInfo), body)
-        )
+        info = self._api._send(self._calls.run(cmd, background, streamed, options))
         if not (background or streamed):
             return info
         handle = CommandHandle(self._api, info)
         return handle.wait(on_stdout=on_stdout, on_stderr=on_stderr) if streamed else handle
 
     def get(self, command_id: str) -> CommandHandle:
-        path = _path(self._id, "commands", command_id)
-        return CommandHandle(self._api, self._api._send(Request("GET", path, _model(CommandInfo))))
+        return CommandHandle(self._api, self._api._send(self._calls.command(command_id)))
 
     def list(self) -> list[CommandInfo]:
-        return self._api._send(Request("GET", _path(self._id, "commands"), _models(CommandInfo)))
+        return self._api._send(self._calls.commands())
 
 
 class CommandHandle:
     """A running (or finished) command: its output, stdin, and its end."""
 
     def __init__(self, api: Sandboxes, info: CommandInfo) -> None:
-        self._api = api
+        self._api, self._calls = api, CommandCalls(info)
         self.info = info
         self.id = info.id
-        self._path = _path(info.sandbox_id, "commands", info.id)
 
     def events(self, after: int = 0) -> Iterator[Event]:
         """Its output from the start (or after event ``after``), then ``CommandExit``."""
-        for event in self._api._events(self._path + "/events", after):
+        for event in self._api._events(self._calls.events(), after):
             if isinstance(event, CommandExit):
                 self.info = event.command
             yield event
@@ -397,12 +460,10 @@ class CommandHandle:
         return self.info
 
     def send_stdin(self, data: str, *, close: bool = False) -> None:
-        self._api._send(
-            Request("POST", self._path + "/stdin", _nothing, {"data": data, "close": close})
-        )
+        self._api._send(self._calls.stdin(data, close))
 
     def kill(self) -> CommandInfo:
-        self.info = self._api._send(Request("DELETE", self._path, _model(CommandInfo)))
+        self.info = self._api._send(self._calls.kill())
         return self.info
 
 
@@ -410,7 +471,7 @@ class CommandHandle:
 
 
 class AsyncSandboxes:
-    """``async_client.sandboxes``: the asyncio twin of ``Sandboxes``."""
+    """``async_client.sandboxes``: the asyncio twin of ``AsyncSandboxes``."""
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
@@ -448,12 +509,13 @@ class AsyncSandboxes:
         limits: Mapping[str, Any] | None = None,
         network: bool = False,
     ) -> AsyncSandbox:
-        info = await self._send(create_request(timeout_s, metadata, limits, network))
-        return AsyncSandbox(self, info)
+        return AsyncSandbox(
+            self, await self._send(create_request(timeout_s, metadata, limits, network))
+        )
 
     async def connect(self, sandbox_id: str) -> AsyncSandbox:
-        info = await self._send(Request("GET", _path(sandbox_id), _model(SandboxInfo)))
-        return AsyncSandbox(self, info)
+        """The sandbox with this id (from any client); NotFoundError if there is none."""
+        return AsyncSandbox(self, await self._send(Calls(sandbox_id).info()))
 
     async def list(
         self, *, metadata: Mapping[str, str] | None = None, status: str | None = None,
@@ -463,29 +525,30 @@ class AsyncSandboxes:
 
 
 class AsyncSandbox:
+    """A sandbox: ``files``, ``commands``, builds and preview URLs."""
+
     def __init__(self, api: AsyncSandboxes, info: SandboxInfo) -> None:
-        self._api = api
+        self._api, self._calls = api, Calls(info.id)
         self.info = info
         self.id = info.id
-        self.files = AsyncSandboxFiles(api, info.id)
-        self.commands = AsyncSandboxCommands(api, info.id)
+        self.files = AsyncSandboxFiles(api, self._calls)
+        self.commands = AsyncSandboxCommands(api, self._calls)
 
     def __repr__(self) -> str:
         return f"<AsyncSandbox {self.id} {self.info.status.value}>"
 
     async def refresh(self) -> SandboxInfo:
-        self.info = await self._api._send(Request("GET", _path(self.id), _model(SandboxInfo)))
+        self.info = await self._api._send(self._calls.info())
         return self.info
 
     async def set_timeout(self, timeout_s: float) -> SandboxInfo:
-        request = Request(
-            "POST", _path(self.id, "timeout"), _model(SandboxInfo), {"timeout_s": timeout_s}
-        )
-        self.info = await self._api._send(request)
+        """The sandbox now expires ``timeout_s`` seconds from now."""
+        self.info = await self._api._send(self._calls.set_timeout(timeout_s))
         return self.info
 
     async def kill(self) -> SandboxInfo:
-        self.info = await self._api._send(Request("DELETE", _path(self.id), _model(SandboxInfo)))
+        """Ends the sandbox: every process, and its files."""
+        self.info = await self._api._send(self._calls.kill())
         return self.info
 
     def get_preview_url(self, port: int) -> str:
@@ -501,49 +564,42 @@ class AsyncSandbox:
         on_event: Callable[[Event], Any] | None = None,
         wait: bool = True,
     ) -> BuildInfo:
-        body = build_body(files, install, check, start)
-        request = Request("POST", _path(self.id, "builds"), _model(BuildInfo), body)
-        build = await self._api._send(request)
+        """Builds a version of the app; waits for ready or failed unless ``wait=False``."""
+        build = await self._api._send(self._calls.build(build_body(files, install, check, start)))
         if not wait:
             return build
-        async for event in self._api._events(_path(self.id, "builds", build.id, "events"), 0):
+        async for event in self._api._events(self._calls.build_events(build.id), 0):
             if on_event is not None:
                 on_event(event)
         return await self.get_build(build.id)
 
     async def get_build(self, build_id: str) -> BuildInfo:
-        path = _path(self.id, "builds", build_id)
-        return await self._api._send(Request("GET", path, _model(BuildInfo)))
+        return await self._api._send(self._calls.get_build(build_id))
 
 
 class AsyncSandboxFiles:
-    def __init__(self, api: AsyncSandboxes, sandbox_id: str) -> None:
-        self._api, self._id = api, sandbox_id
+    def __init__(self, api: AsyncSandboxes, calls: Calls) -> None:
+        self._api, self._calls = api, calls
 
     async def write(self, path: str, data: bytes | str) -> None:
-        content = data.encode() if isinstance(data, str) else data
-        request = Request("PUT", _path(self._id, "files", path), _nothing, content=content)
-        await self._api._send(request)
+        await self._api._send(self._calls.write(path, data))
 
     async def read(self, path: str) -> bytes:
-        return await self._api._send(Request("GET", _path(self._id, "files", path), _content))
+        return await self._api._send(self._calls.read(path))
 
     async def read_text(self, path: str) -> str:
         return (await self.read(path)).decode()
 
     async def list(self, path: str = "") -> list[FileEntry]:
-        request = Request(
-            "GET", _path(self._id, "files"), _models(FileEntry), params={"path": path}
-        )
-        return await self._api._send(request)
+        return await self._api._send(self._calls.list_files(path))
 
     async def remove(self, path: str) -> None:
-        await self._api._send(Request("DELETE", _path(self._id, "files", path), _nothing))
+        await self._api._send(self._calls.remove(path))
 
 
 class AsyncSandboxCommands:
-    def __init__(self, api: AsyncSandboxes, sandbox_id: str) -> None:
-        self._api, self._id = api, sandbox_id
+    def __init__(self, api: AsyncSandboxes, calls: Calls) -> None:
+        self._api, self._calls = api, calls
 
     async def run(
         self,
@@ -552,42 +608,36 @@ class AsyncSandboxCommands:
         background: bool = False,
         on_stdout: OutputHandler | None = None,
         on_stderr: OutputHandler | None = None,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: str | None = None,
-        timeout_s: float | None = None,
+        **options: Unpack[RunOptions],
     ) -> CommandInfo | AsyncCommandHandle:
+        """Foreground: the finished command (``.result`` is its Stage), its output
+        passed to ``on_stdout``/``on_stderr`` as it comes. Background: a
+        ``AsyncCommandHandle`` at once. Options: cwd, env, stdin, timeout_s."""
         streamed = not background and (on_stdout is not None or on_stderr is not None)
-        if streamed and timeout_s is None:
-            timeout_s = STREAMED_TIMEOUT_S
-        body = command_body(cmd, background=background or streamed, cwd=cwd, env=env,
-                            stdin=stdin, timeout_s=timeout_s)  # fmt: skip
-        request = Request("POST", _path(self._id, "commands"), _model(CommandInfo), body)
-        info = await self._api._send(request)
+        info = await self._api._send(self._calls.run(cmd, background, streamed, options))
         if not (background or streamed):
             return info
         handle = AsyncCommandHandle(self._api, info)
         return await handle.wait(on_stdout=on_stdout, on_stderr=on_stderr) if streamed else handle
 
     async def get(self, command_id: str) -> AsyncCommandHandle:
-        path = _path(self._id, "commands", command_id)
-        info = await self._api._send(Request("GET", path, _model(CommandInfo)))
-        return AsyncCommandHandle(self._api, info)
+        return AsyncCommandHandle(self._api, await self._api._send(self._calls.command(command_id)))
 
     async def list(self) -> list[CommandInfo]:
-        path = _path(self._id, "commands")
-        return await self._api._send(Request("GET", path, _models(CommandInfo)))
+        return await self._api._send(self._calls.commands())
 
 
 class AsyncCommandHandle:
+    """A running (or finished) command: its output, stdin, and its end."""
+
     def __init__(self, api: AsyncSandboxes, info: CommandInfo) -> None:
-        self._api = api
+        self._api, self._calls = api, CommandCalls(info)
         self.info = info
         self.id = info.id
-        self._path = _path(info.sandbox_id, "commands", info.id)
 
     async def events(self, after: int = 0) -> AsyncIterator[Event]:
-        async for event in self._api._events(self._path + "/events", after):
+        """Its output from the start (or after event ``after``), then ``CommandExit``."""
+        async for event in self._api._events(self._calls.events(), after):
             if isinstance(event, CommandExit):
                 self.info = event.command
             yield event
@@ -600,9 +650,8 @@ class AsyncCommandHandle:
         return self.info
 
     async def send_stdin(self, data: str, *, close: bool = False) -> None:
-        request = Request("POST", self._path + "/stdin", _nothing, {"data": data, "close": close})
-        await self._api._send(request)
+        await self._api._send(self._calls.stdin(data, close))
 
     async def kill(self) -> CommandInfo:
-        self.info = await self._api._send(Request("DELETE", self._path, _model(CommandInfo)))
+        self.info = await self._api._send(self._calls.kill())
         return self.info
