@@ -1,7 +1,8 @@
 """A real execbox server for the client and playground suites: the API suite's
-``Server`` (uvicorn subprocess, real sandbox, temp data dir), with a sandbox uid of
-its own and no warm pool (whose idle sandboxes run as that uid too), so that "no
-program outlives its run" is an exact check."""
+``Server`` (uvicorn subprocess, real sandbox, temp data dir), with a sandbox uid no
+other test session uses (the engine suite's claim_uid) and no warm pools (whose idle
+sandboxes and sessions run as that uid too), so that "no program outlives its run" is an exact
+check even while other test runs share the machine."""
 
 from __future__ import annotations
 
@@ -15,21 +16,22 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "api"), str(TESTS / "engine")]
 
 from api_kit import Server  # noqa: E402
-from engine_kit import sandbox_pids  # noqa: E402
+from engine_kit import claim_uid, sandbox_pids  # noqa: E402
 
-CLIENT_UID = 60178
 API_KEY = "client-suite-key"
 GONE_LIMIT_S = 10  # a guard against a hang, not a measurement
 
-__all__ = ["API_KEY", "CLIENT_UID", "Server", "no_sandbox_process_left", "serve"]
+__all__ = ["API_KEY", "Server", "no_sandbox_process_left", "serve"]
 
 
 def serve(env: dict[str, str]) -> Iterator[Server]:
+    uid, uid_lock = claim_uid()
     server = Server(
         {
-            "EXECBOX_SANDBOX_UID": str(CLIENT_UID),
-            "EXECBOX_SANDBOX_GID": str(CLIENT_UID),
+            "EXECBOX_SANDBOX_UID": str(uid),
+            "EXECBOX_SANDBOX_GID": str(uid),
             "EXECBOX_WARM_POOL_SIZE": "0",
+            "EXECBOX_SANDBOX_WARM_POOL": "0",
             **env,
         }
     )
@@ -40,12 +42,14 @@ def serve(env: dict[str, str]) -> Iterator[Server]:
         if server.proc is not None:
             server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)
+        uid_lock.close()
 
 
-def no_sandbox_process_left() -> bool:
-    """Waits (bounded) until no process of the suite's sandbox uid runs; True if none."""
+def no_sandbox_process_left(server: Server) -> bool:
+    """Waits (bounded) until no process of the server's sandbox uid runs; True if none."""
+    uid = int(server.env["EXECBOX_SANDBOX_UID"])
     deadline = time.monotonic() + GONE_LIMIT_S
-    while sandbox_pids(CLIENT_UID):
+    while sandbox_pids(uid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

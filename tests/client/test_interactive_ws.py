@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from client_kit import API_KEY, Server, no_sandbox_process_left
+from client_kit import API_KEY, Server, no_sandbox_process_left, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -121,14 +121,27 @@ def test_stdin_of_the_request_comes_first(ws: ClientConnection) -> None:
     assert until(ws, "result")[-1]["run"]["stdout"] == "echo: given\nbye\n"
 
 
-def test_kill_ends_the_run_at_once(ws: ClientConnection, http: httpx.Client) -> None:
+def test_kill_ends_the_run_at_once(
+    server: Server, ws: ClientConnection, http: httpx.Client
+) -> None:
     job_id = start(ws, FOREVER)
     assert output(until(ws, "stdout")) == "started\n"
     ws.send(json.dumps({"type": "kill"}))
     result = until(ws, "result")[-1]
     assert result["status"] == "cancelled" and result["id"] == job_id
     assert http.get(f"/v1/executions/{job_id}").json()["status"] == "cancelled"
-    assert no_sandbox_process_left()
+    assert no_sandbox_process_left(server)
+
+
+def test_a_kill_sent_with_the_request_still_ends_the_job_cancelled(
+    server: Server, ws: ClientConnection, http: httpx.Client
+) -> None:
+    ws.send(json.dumps({"language": "python", "code": FOREVER}))
+    ws.send(json.dumps({"type": "kill"}))  # before the sandbox may even have started
+    result = until(ws, "result")[-1]
+    assert result["status"] == "cancelled"
+    assert http.get(f"/v1/executions/{result['id']}").json()["status"] == "cancelled"
+    assert no_sandbox_process_left(server)
 
 
 def test_client_disconnect_kills_the_run(server: Server, http: httpx.Client) -> None:
@@ -139,7 +152,7 @@ def test_client_disconnect_kills_the_run(server: Server, http: httpx.Client) -> 
     events = http.get(f"/v1/executions/{job_id}/events", timeout=30).text
     assert "event: result" in events
     assert http.get(f"/v1/executions/{job_id}").json()["status"] == "cancelled"
-    assert no_sandbox_process_left()
+    assert no_sandbox_process_left(server)
 
 
 def test_cancel_through_the_http_api_reaches_an_interactive_run(
@@ -182,7 +195,8 @@ def test_an_api_key_is_required(server: Server) -> None:
         problem = receive(ws)
     assert problem["type"] == "error" and problem["status"] == 401
     with connect(f"{ws_url(server)}?api_key={API_KEY}") as ws:
-        assert start(ws, "print(1)")
+        start(ws, "print(1)")
+        assert until(ws, "result")[-1]["verdict"] == "ok"
 
 
 def test_an_unknown_client_message_is_answered_and_the_run_goes_on(ws: ClientConnection) -> None:
@@ -200,3 +214,27 @@ async def test_a_slow_reader_loses_live_output_beyond_the_cap_not_server_memory(
     assert await outbox.get() == {"type": "stdout", "stage": "run", "data": "12345678"}
     outbox.output("stdout", "run", b"more")  # sent ones free the room again
     assert await outbox.get() == {"type": "stdout", "stage": "run", "data": "more", "dropped": 6}
+
+
+@pytest.fixture
+def own_server() -> Iterator[Server]:
+    """A server of its own: the test below may leave one broken."""
+    yield from serve({})
+
+
+@pytest.mark.xfail(
+    reason="engine: a run cancelled while its box starts is followed by a stray close of a "
+    "recycled fd (PYTHONDEVMODE shows 'Exception ignored in: <_io.FileIO [closed]> ... "
+    "EBADF'): the next box fails in spawn.write_pipe with EBADF, or a socket of the server "
+    "closes (a WebSocket: 1006; the listening socket: connections refused)",
+    strict=False,
+)
+def test_runs_killed_as_they_start_leave_the_server_sound(own_server: Server) -> None:
+    for _ in range(3):
+        with connect(ws_url(own_server)) as ws:
+            start(ws, FOREVER)  # and the client leaves at once, as the box starts
+    with connect(ws_url(own_server)) as ws:
+        start(ws, ECHO)
+        ws.send(json.dumps({"type": "close_stdin"}))
+        assert until(ws, "result")[-1]["verdict"] == "ok"
+    assert no_sandbox_process_left(own_server)

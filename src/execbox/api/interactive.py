@@ -7,8 +7,10 @@ The server answers with messages as things happen:
   each stage (``compiling``, ``running``) as it begins;
 - ``{type: "stdout"|"stderr", stage, data, dropped?}``: output as the program writes it;
 - ``{type: "result", ...}``: the execution result, the last message;
-- ``{type: "error", status, title, detail, ...}``: problem JSON (a bad request, no
-  API key, too many sessions), after which the server closes with code 4000 + status.
+- ``{type: "error", status, title, detail, ...}``: problem JSON. Before the run (a
+  bad request, no API key, too many sessions) the server then closes with code 4000
+  + status; one with a ``debug_id`` (our failure) is the last message too; others
+  (an unknown client message) leave the run going.
 
 The client may send ``{type: "stdin", data}``, ``{type: "close_stdin"}`` and
 ``{type: "kill"}``. A kill, a client that disconnects, and ``POST
@@ -43,7 +45,7 @@ from pydantic import ValidationError
 
 from execbox.jobs import new_job_id, to_result
 from execbox.logging import internal_error
-from execbox.models import ExecutionRequest, Status
+from execbox.models import ExecutionRequest, ExecutionResult, Status
 from execbox.runner import InvalidRequest, RunnerEvent
 from execbox.services import Services
 from execbox.store import EventKind, Job, JobEvent, utcnow
@@ -106,14 +108,14 @@ class _Sessions:
     """The interactive runs of this process, so that a cancel request reaches them."""
 
     def __init__(self, services: Services) -> None:
-        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.running: dict[str, _Session] = {}
         self.limit = services.settings.workers * SESSIONS_PER_WORKER
         services.bus.on_cancel_request(self._on_cancel)
 
     def _on_cancel(self, job_id: str) -> None:
-        task = self.running.get(job_id)
-        if task is not None:
-            task.cancel()
+        session = self.running.get(job_id)
+        if session is not None:
+            session.kill()
 
 
 def _sessions(websocket: WebSocket) -> _Sessions:
@@ -208,22 +210,30 @@ class _Session:
         self.outbox = _Outbox()
         self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.job_id = new_job_id()
+        self._killed = False
+        self._execution: asyncio.Task[ExecutionResult] | None = None
+
+    def kill(self) -> None:
+        """Kills the program (or, before it started, makes it end cancelled at once).
+        Only the execution is cancelled, never the task that records the job, so the
+        job always gets its end written."""
+        self._killed = True
+        if self._execution is not None:
+            self._execution.cancel()
 
     async def serve(self) -> None:
         run = asyncio.create_task(self._run())
-        self.sessions.running[self.job_id] = run
+        self.sessions.running[self.job_id] = self
         sender = asyncio.create_task(self._send())
-        receiver = asyncio.create_task(self._receive(run))
+        receiver = asyncio.create_task(self._receive())
         try:
             # The run ends with the result in the outbox; the sender ends once it
             # sent it, or when the client is gone.
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not run.done():
-                run.cancel()  # the client is gone: kill the program
+            self.kill()  # the client is gone (or all is done: then a no-op)
             receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run  # record the job's end before the handler returns
+            await run  # the job's end is recorded before the handler returns
             sender.cancel()
             self.sessions.running.pop(self.job_id, None)
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -234,10 +244,10 @@ class _Session:
             while True:
                 message = await self.outbox.get()
                 await self.websocket.send_json(message)
-                if message["type"] == "result":
-                    return
+                if message["type"] == "result" or message.get("debug_id"):
+                    return  # the last message: the result, or our failure to run
 
-    async def _receive(self, run: asyncio.Task[None]) -> None:
+    async def _receive(self) -> None:
         """Client messages until it disconnects; a kill cancels the run."""
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             while True:
@@ -252,7 +262,7 @@ class _Session:
                 elif kind == "close_stdin":
                     self.stdin.put_nowait(None)
                 elif kind == "kill":
-                    run.cancel()
+                    self.kill()
                 else:
                     self.outbox.put(_error(400, f"unknown message {kind!r}: expected stdin, "
                                                "close_stdin or kill"))  # fmt: skip
@@ -290,23 +300,36 @@ class _Session:
         return claimed
 
     async def _run(self) -> None:
+        try:
+            await self._run_job()
+        except Exception:
+            # The job could not even be created or recorded (the store is down?).
+            debug_id = internal_error("interactive run failed", job_id=self.job_id)
+            detail = "execbox could not run or record this run (an internal error)"
+            self.outbox.put({**_error(500, detail), "debug_id": debug_id})
+
+    async def _run_job(self) -> None:
         jobs = self.services.jobs
         metrics = self.services.metrics
         job = await self._start()
         self.outbox.put({"type": "status", "status": "running", "id": job.id})
         metrics.record_started(job)
         events = EventLog(jobs, job.id)
-        execution = self.services.runner.execute(
-            self.request,
-            on_event=lambda event: self._on_event(events, event),
-            stdin=self._program_stdin(),
+        self._execution = asyncio.create_task(
+            self.services.runner.execute(
+                self.request,
+                on_event=lambda event: self._on_event(events, event),
+                stdin=self._program_stdin(),
+            )
         )
+        if self._killed:
+            self._execution.cancel()
         try:
-            result = await execution
+            result = await self._execution
         except asyncio.CancelledError:
-            # Killed (by the client, its disconnect or a cancel request): shielded,
-            # so that the job is recorded as cancelled even as this task is cancelled.
-            job = await asyncio.shield(jobs.cancelled(job.id, await events.close()))
+            if not self._killed:
+                raise  # this task itself is cancelled: not a kill
+            job = await jobs.cancelled(job.id, await events.close())
         except Exception:
             debug_id = internal_error("interactive run failed", job_id=job.id)
             message = "execbox failed to run this job (an internal error)"
