@@ -171,6 +171,7 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    load_before = os.getloadavg()[0]
     with server(port) as url:
         figures = asyncio.run(measure(url, args.requests))
     floor, sync, ack = figures["floor"], figures["http_sync"], figures["http_ack"]
@@ -185,6 +186,9 @@ def main() -> None:
         "clients": CLIENTS,
         "requests": args.requests,
         "cpus": os.cpu_count(),
+        # The machine's 1-minute load average at start and end: figures taken on a
+        # busy machine are not comparable with those of an idle one.
+        "load_average": [load_before, os.getloadavg()[0]],
     }
     print(f"{'':28}{'floor':>12}{'execbox HTTP':>14}{'ratio':>9}{'target':>10}")
     print(
@@ -202,6 +206,7 @@ def main() -> None:
     )
     print(f"{f'wait=false ack p50 / p99 (ms), {CLIENTS} clients':44}", end="")
     print(f"{ack['p50_ms']:.2f} / {ack['p99_ms']:.2f}   (target p99 <= 20)")
+    print(f"load average (1 min) at start / end: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     out = Path(__file__).parent / "results" / "http.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
