@@ -38,13 +38,12 @@ import httpx
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path[:0] = [str(TESTS / "api"), str(TESTS / "scaleout")]
 from api_kit import PG_URL, Server  # noqa: E402
-from scaleout_kit import Worker, remove  # noqa: E402
+from scaleout_kit import Worker, remove, wait_for_workers  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 BODY = {"language": "bash", "code": "echo 1"}
 FLOOR = ["/usr/bin/bash", "-c", "echo 1"]
 CLIENTS = 8
-START_LIMIT_S = 120
 QUIET = {"EXECBOX_LOG_LEVEL": "warning"}  # a log line per request is not what we measure
 
 
@@ -66,14 +65,6 @@ def worker(env: dict[str, str], concurrency: int) -> Iterator[Worker]:
         yield started
     finally:
         started.stop()
-
-
-def wait_for_workers(url: str, count: int) -> None:
-    deadline = time.monotonic() + START_LIMIT_S
-    while len(httpx.get(f"{url}/v1/workers", timeout=10).json()) != count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{count} workers did not register")
-        time.sleep(0.1)
 
 
 def summary(values_ms: list[float]) -> dict[str, float]:

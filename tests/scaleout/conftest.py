@@ -22,6 +22,7 @@ from scaleout_kit import (
     redis_up,
     remove,
     start_redis,
+    wait_for_workers,
 )
 
 
@@ -49,6 +50,7 @@ def cluster() -> Iterator[Cluster]:
         cluster.apis = [Server(env), Server(env)]
         with ThreadPoolExecutor() as starting:  # each takes seconds (language probes)
             list(starting.map(Server.start, cluster.apis))
+        wait_for_workers(cluster.apis[0].url, len(cluster.workers))
         yield cluster
     finally:
         start_redis()  # whatever a test did to it

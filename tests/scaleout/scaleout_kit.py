@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import redis
 
 # The API suite's real-server helpers (uvicorn subprocess, SSE parsing) serve here too.
@@ -113,6 +114,21 @@ class Cluster:
             return await conn.fetch(sql, *args)
         finally:
             await conn.close()
+
+
+def live_workers(api_url: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{api_url}/v1/workers", timeout=30)
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+def wait_for_workers(api_url: str, count: int) -> None:
+    """Until GET /v1/workers lists ``count`` workers (they register as they start)."""
+    deadline = time.monotonic() + STARTUP_LIMIT_S
+    while len(live_workers(api_url)) != count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} workers did not register")
+        time.sleep(0.1)
 
 
 def drop_schema(schema: str) -> None:

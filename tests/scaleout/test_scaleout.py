@@ -7,12 +7,21 @@ import asyncio
 import shutil
 import signal
 import time
-from typing import Any
 
 import httpx
 import pytest
 from api_kit import run, sse_events, submit
-from scaleout_kit import PG_URL, Cluster, Server, TcpProxy, Worker, start_redis, stop_redis
+from scaleout_kit import (
+    PG_URL,
+    Cluster,
+    Server,
+    TcpProxy,
+    Worker,
+    live_workers,
+    start_redis,
+    stop_redis,
+    wait_for_workers,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,12 +87,6 @@ async def _assert_completed_once(cluster: Cluster, ids: list[str], programs: lis
         assert (row["results"], row["completions"]) == (1, 1), dict(row)
 
 
-def _workers(cluster: Cluster) -> list[dict[str, Any]]:
-    response = httpx.get(f"{cluster.apis[0].url}/v1/workers", timeout=30)
-    assert response.status_code == 200, response.text
-    return list(response.json())
-
-
 def test_events_and_cancel_cross_api_processes(cluster: Cluster) -> None:
     first, second = cluster.apis
     with (
@@ -114,7 +117,7 @@ def test_events_and_cancel_cross_api_processes(cluster: Cluster) -> None:
         assert rest[-1]["event"] == "result" and rest[-1]["data"]["status"] == "cancelled"
         assert a.get(f"/v1/executions/{job_id}").json()["status"] == "cancelled"
 
-        listed = _workers(cluster)
+        listed = live_workers(first.url)
         assert len(listed) == len(cluster.workers)
         assert {w["concurrency"] for w in listed} == {2}
         assert all("bash" in {lang["name"] for lang in w["languages"]} for w in listed)
@@ -170,17 +173,15 @@ async def test_500_jobs_and_a_killed_worker(cluster: Cluster) -> None:
         assert any("stopped answering" in (r["reason"] or "") for r in log), log
     # Its entry in the registry lapses with its lease.
     deadline = time.monotonic() + GUARD_S
-    while any(w["pid"] == victim_pid for w in _workers(cluster)):
+    while any(w["pid"] == victim_pid for w in live_workers(cluster.apis[0].url)):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.2)
 
 
 async def test_graceful_stop_hands_jobs_back(cluster: Cluster) -> None:
     cluster.add_worker()
+    wait_for_workers(cluster.apis[0].url, 2)
     deadline = time.monotonic() + GUARD_S
-    while len(_workers(cluster)) < 2:
-        assert time.monotonic() < deadline, "the new worker did not register"
-        await asyncio.sleep(0.2)
     with httpx.Client(base_url=cluster.apis[0].url, timeout=60) as client:
         job_id = submit(client, "sleep 4; echo drained", language="bash")
     while True:

@@ -145,9 +145,13 @@ class RedisQueue(JobQueue):
                 raise
             if job is None:
                 continue
+            try:
+                if job.attempts > 1 and self.on_redelivery is not None:
+                    await self.on_redelivery(job.key)
+            except asyncio.CancelledError:
+                await self._give_back(job)
+                raise
             self._held[job.key] = job
-            if job.attempts > 1 and self.on_redelivery is not None:
-                await self.on_redelivery(job.key)
             return job.key
 
     async def _take(self) -> SaqJob | None:
