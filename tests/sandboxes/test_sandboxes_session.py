@@ -123,3 +123,30 @@ async def test_quick_commands_never_lose_their_exit(session: Session) -> None:
     for _ in range(20):
         result = await session.run(Command(["/bin/true"]), command_limits(LIMITS, 30, 1024))
         assert result.verdict == Verdict.OK
+
+
+async def test_memory_and_pids_limits_hold_over_all_processes(engine: Sandbox) -> None:
+    small = SessionLimits(memory_bytes=96 << 20, processes=32, disk_mb=8)
+    session = await open_session(engine, small)
+    try:
+        hog = "x = bytearray(60 << 20); import time; time.sleep(30)"
+        first = await session.exec(
+            Command(["/usr/bin/python3", "-c", hog]), command_limits(small, 30, 1024)
+        )
+        # Together the two pass the sandbox's memory: the second one is killed.
+        second = await session.run(
+            Command(["/usr/bin/python3", "-c", hog]), command_limits(small, 30, 1024)
+        )
+        first.kill()
+        verdicts = {(await first.wait()).verdict, second.verdict}
+        assert Verdict.MEMORY_LIMIT in verdicts, verdicts
+        # A fork bomb meets the pids limit and ends with its process group.
+        await session.run(
+            sh("b() { b | b & }; b 2>/dev/null; sleep 1"), command_limits(small, 1, 1024)
+        )
+        after = await session.run(
+            Command(["/bin/ps", "-e", "-o", "comm="]), command_limits(small, 30, 4096)
+        )
+        assert after.verdict == Verdict.OK and "sh" not in after.stdout.decode().split(), after
+    finally:
+        await session.close()

@@ -27,7 +27,7 @@ import structlog
 
 from execbox.config import Settings
 from execbox.runner import to_stage
-from execbox.sandbox import Command, Sandbox, SandboxResult
+from execbox.sandbox import Command, Sandbox, SandboxError, SandboxResult
 from execbox.sandbox.bwrap import WORKDIR
 from execbox.sandbox.netns import NamespaceDialer, SandboxNetwork
 from execbox.sandbox.session import (
@@ -61,8 +61,9 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
     "PYTHONUNBUFFERED": "1",  # a server's logs should arrive as it writes them
 }
-MAX_COMMANDS_KEPT = 256
-FILE_CHUNK = 1 << 20  # finished commands remembered per sandbox, newest first
+MAX_COMMANDS_KEPT = 256  # finished commands remembered per sandbox, newest first
+FILE_CHUNK = 1 << 20
+INIT_DIED = "its init process ended (out of memory?)"
 
 
 class SandboxNotFound(LookupError):
@@ -328,7 +329,7 @@ class SandboxService:
         """A sandbox whose init died (e.g. out of memory) ends as failed, not half-alive."""
         await live.session.ended.wait()
         if self._live.get(live.info.id) is live:
-            await self._end(live, SandboxStatus.FAILED, "its init process ended (out of memory?)")
+            await self._end(live, SandboxStatus.FAILED, INIT_DIED)
 
     async def _end(self, live: LiveSandbox, status: SandboxStatus, reason: str) -> SandboxInfo:
         """Kills every process, frees the workspace and records why; idempotent. The
@@ -494,9 +495,15 @@ class SandboxService:
         def on_output(stream: str, data: bytes) -> None:
             events.append(stream, _chunk_data(data), len(data))
 
-        process = await live.session.exec(
-            command, limits, on_output=on_output, capture=not request.background
-        )
+        try:
+            process = await live.session.exec(
+                command, limits, on_output=on_output, capture=not request.background
+            )
+        except SandboxError:
+            if not live.session.ended.is_set():
+                raise
+            # Its init died just now: the caller hears that it is gone, not a 500.
+            raise SandboxGone(await self._end(live, SandboxStatus.FAILED, INIT_DIED)) from None
         info = CommandInfo(
             id=_new_id("cmd"),
             sandbox_id=live.info.id,
