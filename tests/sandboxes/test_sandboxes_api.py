@@ -292,6 +292,17 @@ def test_builds_replace_the_app_and_fail_clearly(client: httpx.Client, server: S
     assert v5["error"]["step"] == "deps" and "no network" in v5["error"]["message"]
 
 
+def test_a_build_whose_sandbox_ends_fails_saying_so(client: httpx.Client) -> None:
+    sid = create(client)["id"]
+    started = client.post(f"/v1/sandboxes/{sid}/builds", json={"check": "sleep 60"}).json()
+    path = f"/v1/sandboxes/{sid}/builds/{started['id']}"
+    wait_until(lambda: client.get(path).json()["status"] == "checks")
+    client.delete(f"/v1/sandboxes/{sid}")
+    failed = wait_until(lambda: (b := client.get(path).json())["status"] == "failed" and b)
+    assert failed["error"]["step"] == "checks"
+    assert "the sandbox stopped during the build" in failed["error"]["message"]
+
+
 def test_networked_deps_run_beside_the_sandbox(client: httpx.Client) -> None:
     # network: true gives the deps step a one-shot box with network over the same
     # workspace; the sandbox's own commands still have none.

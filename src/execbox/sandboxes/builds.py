@@ -43,7 +43,7 @@ from execbox.sandboxes.service import (
     BASE_ENV,
     LiveCommand,
     LiveSandbox,
-    SandboxNotFound,
+    SandboxGone,
     SandboxService,
     _new_id,
     argv_of,
@@ -161,6 +161,8 @@ class Builds:
         live = run.live
         async with live.build_lock:
             try:
+                if self.service.find_live(live.info.id) is not live:
+                    raise SandboxGone(live.info)
                 await run.step(BuildStatus.SCAFFOLD, lambda: self._scaffold(run, request))
                 if request.install is not None:
                     await run.step(BuildStatus.DEPS, lambda: self._deps(run, request))
@@ -170,7 +172,7 @@ class Builds:
                     await run.step(BuildStatus.STARTING, lambda: self._start(run, request))
             except BuildFailed as exc:
                 await self._failed(run, exc.message, exc.output_tail, debug_id=None)
-            except (SandboxError, SandboxNotFound) as exc:
+            except (SandboxError, SandboxGone) as exc:
                 # The sandbox ended under the build (expired, deleted, out of memory).
                 await self._failed(run, f"the sandbox stopped during the build: {exc}", None, None)
             except Exception:
@@ -264,6 +266,9 @@ class Builds:
             run.live, CommandCreate(cmd=argv, timeout_s=timeout)
         )
         await self._forward(run, command)
+        await command.process.wait()
+        if run.live.session.ended.is_set():  # it did not fail: the sandbox went
+            raise SandboxGone(run.live.info)
         assert command.info.result is not None
         return command.info.result
 
@@ -289,6 +294,8 @@ class Builds:
         try:
             deadline = time.monotonic() + self.service.config.sandbox_start_wait_s
             while not await self.service.port_open(live, port):
+                if run.live.session.ended.is_set():
+                    raise SandboxGone(run.live.info)
                 if app.process.done:
                     with contextlib.suppress(TimeoutError):  # its last words, for the tail
                         await asyncio.wait_for(asyncio.shield(forward), 1)
