@@ -78,6 +78,7 @@ def server() -> Iterator[Server]:
             "EXECBOX_RUNTIME_DIR": str(runtime_dir),
             "EXECBOX_WARM_POOL_SIZE": "0",
             "EXECBOX_SANDBOX_WARM_POOL": "1",
+            "EXECBOX_SANDBOX_MAX_COMMANDS": "6",
             "EXECBOX_WORKERS": "1",
             "EXECBOX_MAX_SANDBOXES": "4",
             "EXECBOX_SANDBOX_FILE_MB": "1",

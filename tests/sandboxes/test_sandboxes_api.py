@@ -208,6 +208,15 @@ def test_commands_foreground_background_stdin_kill_timeout(client: httpx.Client)
     assert cid in listed and server["id"] in listed
 
 
+def test_running_commands_are_capped_per_sandbox(client: httpx.Client) -> None:
+    sid = create(client)["id"]
+    started = [run(client, sid, "exec sleep 600", background=True) for _ in range(6)]
+    refused = client.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "true"})
+    assert refused.status_code == 429 and "wait for one to end" in refused.json()["detail"]
+    client.delete(f"/v1/sandboxes/{sid}/commands/{started[0]['id']}")
+    assert run(client, sid, "echo room")["result"]["stdout"] == "room\n"
+
+
 def test_preview_http_and_websocket(client: httpx.Client) -> None:
     sid = create(client)["id"]
     client.put(f"/v1/sandboxes/{sid}/files/app.py", content=WEB_APP.encode())

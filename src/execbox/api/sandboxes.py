@@ -39,7 +39,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from execbox.api.deps import require_api_key
 from execbox.api.problems import ProblemError, problem_responses
-from execbox.sandbox import SandboxError, WorkspacePathError
+from execbox.sandbox import WorkspacePathError
 from execbox.sandboxes.builds import BuildNotFound, Builds
 from execbox.sandboxes.eventlog import EventLog
 from execbox.sandboxes.schemas import (
@@ -63,6 +63,7 @@ from execbox.sandboxes.service import (
     SandboxGone,
     SandboxNotFound,
     SandboxService,
+    TooManyCommands,
     TooManySandboxes,
 )
 from execbox.services import Services
@@ -89,7 +90,7 @@ def _problem(exc: Exception) -> ProblemError | None:
             return ProblemError(410, str(exc), sandbox=exc.info.model_dump(mode="json"))
         case CommandNotFound() | BuildNotFound():
             return ProblemError(404, str(exc))
-        case TooManySandboxes():
+        case TooManySandboxes() | TooManyCommands():
             return ProblemError(429, str(exc), headers={"Retry-After": "10"})
         case SandboxElsewhere():
             return ProblemError(409, str(exc))
@@ -115,8 +116,7 @@ class _SandboxRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (LookupError, SandboxGone, TooManySandboxes, SandboxElsewhere, ValueError,
-                    OSError, SandboxError, FileTooLarge) as exc:  # fmt: skip
+            except Exception as exc:
                 problem = _problem(exc)
                 if problem is None:
                     raise

@@ -38,10 +38,18 @@ class EventLog:
         self._seq += 1
         self._events.append(Event(self._seq, kind, data, size))
         self._bytes += size
+        self._trim()
+        self._wake()
+
+    def shrink(self, max_bytes: int) -> None:
+        """A smaller budget from now on (a finished command keeps only its tail)."""
+        self.max_bytes = min(self.max_bytes, max_bytes)
+        self._trim()
+
+    def _trim(self) -> None:
         # Keep at least the newest event, whatever its size.
         while self._bytes > self.max_bytes and len(self._events) > 1:
             self._bytes -= self._events.popleft().size
-        self._wake()
 
     def close(self) -> None:
         """No more events: followers end after the last one."""

@@ -61,7 +61,8 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
     "PYTHONUNBUFFERED": "1",  # a server's logs should arrive as it writes them
 }
-MAX_COMMANDS_KEPT = 256  # finished commands remembered per sandbox, newest first
+MAX_COMMANDS_KEPT = 100  # finished commands remembered per sandbox, newest first
+FINISHED_LOG_BYTES = 64 << 10  # the output a finished command keeps for replay
 FILE_CHUNK = 1 << 20
 INIT_DIED = "its init process ended (out of memory?)"
 
@@ -91,6 +92,10 @@ class CommandNotFound(LookupError):
 
 
 class FileTooLarge(Exception):
+    pass
+
+
+class TooManyCommands(Exception):
     pass
 
 
@@ -484,6 +489,12 @@ class SandboxService:
     ) -> LiveCommand:
         """Starts a command; its output goes to its replayable log (and, for a
         foreground command, to its result)."""
+        running = sum(not c.process.done for c in live.commands.values())
+        if running >= self.config.sandbox_max_commands:
+            raise TooManyCommands(
+                f"sandbox {live.info.id} runs {running} commands already, the most allowed: "
+                "wait for one to end or kill one"
+            )
         argv = argv_of(request.cmd)
         command = Command(argv, _env(request.env), workdir(request.cwd))
         timeout = request.timeout_s
@@ -543,6 +554,7 @@ class SandboxService:
             }
         )
         command.log.append("exit", command.info.model_dump(mode="json"))
+        command.log.shrink(FINISHED_LOG_BYTES)
         command.log.close()
         if on_finish is not None:
             on_finish(command, result)

@@ -27,7 +27,12 @@ class SandboxSettings(BaseSettings):
     sandbox_file_mb: int = Field(64, gt=0, description="Largest file sent or read through the API")
     sandbox_command_timeout_s: float = Field(60, gt=0, description="Default foreground timeout")
     sandbox_output_kb: int = Field(1024, gt=0, description="Output kept per command result")
-    sandbox_log_kb: int = Field(2048, gt=0, description="Replayable output kept per command")
+    sandbox_log_kb: int = Field(
+        1024, gt=0, description="Replayable output kept per running command (finished: 64 KiB)"
+    )
+    sandbox_max_commands: int = Field(
+        32, gt=0, description="Commands running at once per sandbox (their logs are in memory)"
+    )
     sandbox_build_step_timeout_s: float = Field(
         300, gt=0, description="Longest deps or checks step of a build"
     )
