@@ -1,9 +1,12 @@
 """Scale-out mode, in one run; writes bench/results/scaleout.json.
 
 - Throughput with one `execbox worker` process, then two (same per-process
-  concurrency): JOBS bash `echo` jobs submitted with wait=false by 8 concurrent
-  clients to one API process, timed from the first submission until the database
-  has them all completed. The scaling ratio is two workers' throughput over one's.
+  concurrency): JOBS bash jobs submitted with wait=false by 8 concurrent clients to
+  one API process, timed from the first submission until the database has them all
+  completed. The scaling ratio is two workers' throughput over one's. Two programs:
+  `echo 1`, which on a small machine measures its CPUs (API, PostgreSQL, Redis,
+  workers and sandboxes share them), and `sleep 0.1; echo 1`, a job that waits,
+  which measures how the queue spreads work over workers.
 - The latency the Redis path adds: sequential wait=true executions of the same
   program against an embedded server (in-process queue and workers) and against
   the scale-out API + one worker, both on the same PostgreSQL; medians and p95.
@@ -12,7 +15,7 @@
 Uses the machine's PostgreSQL (127.0.0.1:5432, db `test`) and Redis (127.0.0.1:6379,
 DB 12), in a schema and key prefix of its own, removed afterwards. As root:
 
-    .venv/bin/python bench/scaleout.py [--jobs 300] [--requests 100] [--concurrency 1]
+    .venv/bin/python bench/scaleout.py [--jobs 200] [--requests 100] [--concurrency 1]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from scaleout_kit import Worker, remove, wait_for_workers  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 BODY = {"language": "bash", "code": "echo 1"}
+THROUGHPUT_PROGRAMS = {"echo": "echo 1", "sleep_100ms": "sleep 0.1; echo 1"}
 FLOOR = ["/usr/bin/bash", "-c", "echo 1"]
 CLIENTS = 8
 QUIET = {"EXECBOX_LOG_LEVEL": "warning"}  # a log line per request is not what we measure
@@ -85,14 +89,18 @@ async def latencies(url: str, n: int) -> list[float]:
     return out
 
 
-async def throughput(url: str, schema: str, jobs: int) -> float:
+async def throughput(url: str, schema: str, jobs: int, code: str) -> float:
     """Jobs per second, from the first submission until all are completed."""
     limit = asyncio.Semaphore(CLIENTS)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
         async def submit() -> str:
             async with limit:
-                response = await client.post("/v1/executions", params={"wait": "false"}, json=BODY)
+                response = await client.post(
+                    "/v1/executions",
+                    params={"wait": "false"},
+                    json={"language": "bash", "code": code},
+                )
             assert response.status_code == 202, response.text
             return str(response.json()["id"])
 
@@ -124,11 +132,12 @@ def floor(n: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=1, help="jobs at once per worker")
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()[0]  # other work on the machine skews every figure
     suffix = secrets.token_hex(4)
     schema, prefix = f"execbox_bench_{suffix}", f"execbox-bench-{suffix}"
     database = {"EXECBOX_DATABASE_URL": PG_URL, "EXECBOX_DATABASE_SCHEMA": schema}
@@ -140,10 +149,16 @@ def main() -> None:
         with api(scale_out) as url, worker(scale_out, args.concurrency):
             wait_for_workers(url, 1)
             redis_path = asyncio.run(latencies(url, args.requests))
-            one = asyncio.run(throughput(url, schema, args.jobs))
+            one = {
+                name: asyncio.run(throughput(url, schema, args.jobs, code))
+                for name, code in THROUGHPUT_PROGRAMS.items()
+            }
             with worker(scale_out, args.concurrency):
                 wait_for_workers(url, 2)
-                two = asyncio.run(throughput(url, schema, args.jobs))
+                two = {
+                    name: asyncio.run(throughput(url, schema, args.jobs, code))
+                    for name, code in THROUGHPUT_PROGRAMS.items()
+                }
     finally:
         remove(schema, prefix, REDIS_URL)
     bare = floor(args.requests)
@@ -151,11 +166,19 @@ def main() -> None:
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count()},
-        "program": BODY,
+        "latency_program": BODY,
         "jobs": args.jobs,
         "concurrency_per_worker": args.concurrency,
-        "throughput_jobs_per_s": {"one_worker": round(one, 1), "two_workers": round(two, 1)},
-        "scaling_ratio": round(two / one, 2),
+        "throughput_jobs_per_s": {
+            name: {
+                "code": code,
+                "one_worker": round(one[name], 1),
+                "two_workers": round(two[name], 1),
+                "scaling_ratio": round(two[name] / one[name], 2),
+            }
+            for name, code in THROUGHPUT_PROGRAMS.items()
+        },
+        "load_average_1m": {"start": load_at_start, "end": os.getloadavg()[0]},
         "latency": {
             "bare_floor": summary(bare),
             "embedded": summary(embedded),
