@@ -43,6 +43,50 @@ _OUTAGES = (RedisError, SQLAlchemyError, OSError)
 LOST = "its worker stopped answering"
 
 
+class Recovery:
+    """Gives the jobs of lost runs back to the queue (or fails them after
+    ``max_attempts`` starts)."""
+
+    def __init__(self, settings: Settings, *, queue: RedisQueue, jobs: JobService) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.jobs = jobs
+
+    async def redelivered(self, job_id: str) -> None:
+        """SAQ delivers a job again: if the database still has it running, its run was
+        lost (the sweeper judged so); hand it back before this worker claims it."""
+        try:
+            job = await self.jobs.get(job_id)
+            if job.status == Status.RUNNING:
+                await self._hand_back(job)
+        except (JobNotFound, *_OUTAGES) as exc:
+            log.warning("could not check a redelivered job", job_id=job_id, error=str(exc))
+
+    async def _hand_back(self, job: Job) -> Job | None:
+        return await self.jobs.hand_back(
+            job,
+            reason=f"worker {job.worker_id} stopped answering; running it again",
+            lost=LOST,
+            max_attempts=self.settings.max_attempts,
+        )
+
+    async def reconcile(self) -> None:
+        """The database against Redis: running jobs whose lease expired and that SAQ
+        does not hold are handed back; queued jobs SAQ does not know are queued."""
+        expired = {
+            job.id: job for job in await self.jobs.store.expired_leases(self.settings.lease_s)
+        }
+        for job_id in await self.queue.unknown(expired):
+            handed = await self._hand_back(expired[job_id])
+            if handed is not None and handed.status == Status.QUEUED:
+                await self.queue.put(handed)
+        for job_id in await self.queue.unknown(await self.jobs.store.ids(Status.QUEUED)):
+            job = await self.jobs.store.get(job_id)
+            if job is not None and job.status == Status.QUEUED:
+                log.info("job queued again in Redis", job_id=job_id)
+                await self.queue.put(job)
+
+
 class Upkeep:
     def __init__(
         self,
@@ -61,7 +105,8 @@ class Upkeep:
         self._task: asyncio.Task[None] | None = None
         # Stopped by this event, not by cancelling: redis-py may swallow a cancellation.
         self._stopping = asyncio.Event()
-        queue.on_redelivery = self.redelivered
+        self.recovery = Recovery(settings, queue=queue, jobs=jobs)
+        queue.on_redelivery = self.recovery.redelivered
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._forever(), name="execbox-upkeep")
@@ -96,40 +141,8 @@ class Upkeep:
     async def _renew_leases(self) -> None:
         await self.jobs.store.renew_leases(self.worker.id, self.worker.pool.running_jobs)
 
-    async def redelivered(self, job_id: str) -> None:
-        """SAQ delivers a job again: if the database still has it running, its run was
-        lost (the sweeper judged so); hand it back before this worker claims it."""
-        try:
-            job = await self.jobs.get(job_id)
-            if job.status == Status.RUNNING:
-                await self._hand_back(job)
-        except (JobNotFound, *_OUTAGES) as exc:
-            log.warning("could not check a redelivered job", job_id=job_id, error=str(exc))
-
-    async def _hand_back(self, job: Job) -> Job | None:
-        return await self.jobs.hand_back(
-            job,
-            reason=f"worker {job.worker_id} stopped answering; running it again",
-            lost=LOST,
-            max_attempts=self.settings.max_attempts,
-        )
-
     async def _reconcile_once(self) -> None:
         lock = f"{self.settings.redis_prefix}:reconcile"
         period = max(1, math.ceil(self.settings.heartbeat_s))
         if await self.queue.redis.set(lock, self.worker.id, nx=True, ex=period):
-            await self.reconcile()
-
-    async def reconcile(self) -> None:
-        expired = {
-            job.id: job for job in await self.jobs.store.expired_leases(self.settings.lease_s)
-        }
-        for job_id in await self.queue.unknown(expired):
-            handed = await self._hand_back(expired[job_id])
-            if handed is not None and handed.status == Status.QUEUED:
-                await self.queue.put(handed)
-        for job_id in await self.queue.unknown(await self.jobs.store.ids(Status.QUEUED)):
-            job = await self.jobs.store.get(job_id)
-            if job is not None and job.status == Status.QUEUED:
-                log.info("job queued again in Redis", job_id=job_id)
-                await self.queue.put(job)
+            await self.recovery.reconcile()
