@@ -3,13 +3,16 @@ sandbox; writes bench/results/sandboxes.json.
 
 Usage (as root): .venv/bin/python bench/sandboxes.py [--iterations N] [--idle N]
 
-Each round measures, in turn, so drift on the machine hits all alike:
+Each round measures, in turn, so drift on the machine hits all alike (with a pause
+after each, so that warm pools refill as they would between a client's creates):
 - bare: spawning /bin/true on the host (the floor);
 - session: a new long-lived sandbox (bwrap, namespaces, cgroup, tmpfs) and its
   first command's result (the engine, execbox.sandbox.session);
 - service: the same through the sandbox service (its warm pool of started sessions,
   limits, the SQLite record, the expiry timer, the command's log), as an API request
-  does minus HTTP.
+  does minus HTTP;
+- http: POST /v1/sandboxes then POST …/commands to a real `execbox serve` on this
+  machine (a subprocess), as a client sees it.
 Then ``--idle`` sandboxes are kept alive at once: their memory is read from their
 cgroups (what their processes use), the PSS of those processes, and this server
 process's own RSS growth per sandbox (its session, pipes and records).
@@ -22,12 +25,17 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from execbox.benchmark import _bare, _percentile
 from execbox.config import get_settings
@@ -40,6 +48,7 @@ from execbox.store import Database
 
 TRUE = ["/bin/true"]
 Cleanup = Callable[[], Awaitable[Any]] | None
+PAUSE_S = 0.3  # longer than the service's refill delay and a sandbox start
 LIMITS = SessionLimits(memory_bytes=512 << 20, processes=128, disk_mb=256, cpus=1.0)
 
 
@@ -109,11 +118,20 @@ async def run(iterations: int, idle: int) -> dict[str, Any]:
             raise RuntimeError(f"/bin/true failed through the service: {done}")
         return lambda: service.kill(info.id)
 
+    async def http_first_command() -> Cleanup:
+        created = (await http.post("/v1/sandboxes", json={})).raise_for_status().json()
+        done = await http.post(f"/v1/sandboxes/{created['id']}/commands", json={"cmd": TRUE})
+        if done.json()["result"]["verdict"] != Verdict.OK:
+            raise RuntimeError(f"/bin/true failed over HTTP: {done.text}")
+        return lambda: http.delete(f"/v1/sandboxes/{created['id']}")
+
     variants: dict[str, Callable[[], Awaitable[Cleanup]]] = {
         "true_bare": bare,
         "create_and_first_command_session": session_first_command,
         "create_and_first_command_service": service_first_command,
+        "create_and_first_command_http": http_first_command,
     }
+    server, http = await _server(data)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for fn in variants.values():  # warm-up: page cache, the first build of init
@@ -124,8 +142,13 @@ async def run(iterations: int, idle: int) -> dict[str, Any]:
                 cleanup = await fn()
                 samples[name].append(time.perf_counter() - started)
                 await _cleanup(cleanup)
+                # Creates spaced as a client's are: each warm pool refills in between.
+                await asyncio.sleep(PAUSE_S)
         memory = await _idle_memory(service, idle)
     finally:
+        await http.aclose()
+        server.terminate()
+        await asyncio.to_thread(server.wait)
         await service.close()
         await db.close()
         await engine.close()
@@ -150,6 +173,27 @@ async def run(iterations: int, idle: int) -> dict[str, Any]:
     }
 
 
+async def _server(data: Path) -> tuple[subprocess.Popen[bytes], httpx.AsyncClient]:
+    """``execbox serve`` on a free port, with its own data dir, and a client of it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "EXECBOX_DATA_DIR": str(data / "server"), "EXECBOX_LOG_LEVEL": "warning"}
+    code = f"from execbox.api.cli import serve; serve(port={port})"
+    server = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the server runs on its own
+        [sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL
+    )
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    for _ in range(600):  # a guard against a server that never starts
+        try:
+            if (await http.get("/openapi.json")).status_code == 200:
+                return server, http
+        except httpx.TransportError:
+            await asyncio.sleep(0.05)
+    server.kill()
+    raise RuntimeError("execbox serve did not start")
+
+
 async def _idle_memory(service: SandboxService, count: int) -> dict[str, Any]:
     rss_before = _rss_kb()
     ids = [(await service.create(SandboxCreate())).id for _ in range(count)]
@@ -170,7 +214,7 @@ async def _idle_memory(service: SandboxService, count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--idle", type=int, default=20)
     args = parser.parse_args()
     report = asyncio.run(run(args.iterations, args.idle))

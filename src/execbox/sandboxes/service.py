@@ -64,6 +64,7 @@ BASE_ENV = {
 MAX_COMMANDS_KEPT = 100  # finished commands remembered per sandbox, newest first
 FINISHED_LOG_BYTES = 64 << 10  # the output a finished command keeps for replay
 FILE_CHUNK = 1 << 20
+REFILL_DELAY_S = 0.2
 INIT_DIED = "its init process ended (out of memory?)"
 
 
@@ -213,7 +214,9 @@ class SandboxService:
     async def _new_session(self, limits: SessionLimits) -> Session:
         while self._warm:
             session = self._warm.pop()
-            self._refill()
+            # Refilled a moment later, so that starting the next sandbox (bwrap, mounts)
+            # does not compete for the CPU with this one's first command.
+            asyncio.get_running_loop().call_later(REFILL_DELAY_S, self._refill)
             if session.ended.is_set():
                 self.spawn(session.close())
                 continue
