@@ -25,7 +25,7 @@ import redis
 
 # The API suite's real-server helpers (uvicorn subprocess, SSE parsing) serve here too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
-from api_kit import PG_URL, STARTUP_LIMIT_S, Server, free_port
+from api_kit import PG_URL, STARTUP_LIMIT_S, Server, drop_schema, free_port
 
 REDIS_DB = 11
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -129,17 +129,6 @@ def wait_for_workers(api_url: str, count: int) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{count} workers did not register")
         time.sleep(0.1)
-
-
-def drop_schema(schema: str) -> None:
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 def remove(schema: str, prefix: str, redis_url: str = REDIS_URL) -> None:

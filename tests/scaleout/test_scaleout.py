@@ -7,6 +7,8 @@ import asyncio
 import shutil
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -54,18 +56,26 @@ async def _submit_all(cluster: Cluster, programs: list[str]) -> list[str]:
             await client.aclose()
 
 
-async def _wait_finished(cluster: Cluster, ids: list[str]) -> None:
+async def _poll(
+    cluster: Cluster, what: str, sql: str, *args: Any, until: Callable[[list[Any]], bool] = bool
+) -> list[Any]:
+    """Runs the query until ``until(rows)``; fails saying ``what`` never happened."""
     deadline = time.monotonic() + GUARD_S
-    while True:
-        rows = await cluster.query(
-            "SELECT count(*) AS n FROM jobs WHERE id = ANY($1) AND status IN "
-            "('completed', 'failed', 'cancelled')",
-            ids,
-        )
-        if rows[0]["n"] == len(ids):
-            return
-        assert time.monotonic() < deadline, f"{len(ids) - rows[0]['n']} jobs never finished"
-        await asyncio.sleep(0.2)
+    while not until(rows := await cluster.query(sql, *args)):
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+    return rows
+
+
+async def _wait_finished(cluster: Cluster, ids: list[str]) -> None:
+    await _poll(
+        cluster,
+        "some jobs never finished",
+        "SELECT count(*) AS n FROM jobs WHERE id = ANY($1) AND status IN "
+        "('completed', 'failed', 'cancelled')",
+        ids,
+        until=lambda rows: rows[0]["n"] == len(ids),
+    )
 
 
 async def _assert_completed_once(cluster: Cluster, ids: list[str], programs: list[str]) -> None:
@@ -128,17 +138,13 @@ async def _kill_mid_job(cluster: Cluster, victim: Worker) -> list[str]:
     database then has as running on it (its lost runs)."""
     assert victim.proc is not None
     pattern = f"%-{victim.proc.pid}-%"
-    deadline = time.monotonic() + GUARD_S
-    while True:
-        busy = await cluster.query(
-            "SELECT id FROM jobs WHERE status = 'running' AND worker_id LIKE $1 "
-            "AND request::jsonb ->> 'code' LIKE 'sleep%'",
-            pattern,
-        )
-        if busy:
-            break
-        assert time.monotonic() < deadline, "the victim never ran a slow job"
-        await asyncio.sleep(0.05)
+    await _poll(
+        cluster,
+        "the victim never ran a slow job",
+        "SELECT id FROM jobs WHERE status = 'running' AND worker_id LIKE $1 "
+        "AND request::jsonb ->> 'code' LIKE 'sleep%'",
+        pattern,
+    )
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
     victim.proc = None
@@ -181,15 +187,14 @@ async def test_500_jobs_and_a_killed_worker(cluster: Cluster) -> None:
 async def test_graceful_stop_hands_jobs_back(cluster: Cluster) -> None:
     cluster.add_worker()
     wait_for_workers(cluster.apis[0].url, 2)
-    deadline = time.monotonic() + GUARD_S
     with httpx.Client(base_url=cluster.apis[0].url, timeout=60) as client:
         job_id = submit(client, "sleep 4; echo drained", language="bash")
-    while True:
-        rows = await cluster.query("SELECT status, worker_id FROM jobs WHERE id = $1", job_id)
-        if rows[0]["status"] == "running":
-            break
-        assert time.monotonic() < deadline, "the job never started"
-        await asyncio.sleep(0.05)
+    rows = await _poll(
+        cluster,
+        "the job never started",
+        "SELECT worker_id FROM jobs WHERE id = $1 AND status = 'running'",
+        job_id,
+    )
     holder = next(
         w for w in cluster.workers if w.proc and f"-{w.proc.pid}-" in rows[0]["worker_id"]
     )
