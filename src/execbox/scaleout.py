@@ -139,7 +139,13 @@ class Upkeep:
                     await self._stopping.wait()
 
     async def _renew_leases(self) -> None:
-        await self.jobs.store.renew_leases(self.worker.id, self.worker.pool.running_jobs)
+        pool = self.worker.pool
+        running = pool.running_jobs
+        kept = set(await self.jobs.store.renew_leases(self.worker.id, running))
+        for job_id in running:
+            # Finished meanwhile, or taken over: stopping a finished run does nothing.
+            if job_id not in kept:
+                pool.abandon(job_id)
 
     async def _reconcile_once(self) -> None:
         lock = f"{self.settings.redis_prefix}:reconcile"

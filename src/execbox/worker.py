@@ -99,6 +99,8 @@ class EventLog:
         self._writing = True
         try:
             await self._jobs.record(self._job_id, self._take(), self._fence)
+        except LeaseLost:
+            log.warning("job taken over by another worker; its output here is dropped")
         except Exception:
             # The output still reaches the result; only the live log misses it.
             internal_error("could not record output events")
@@ -144,7 +146,7 @@ def _event(chunk: _Chunk) -> JobEvent:
 @dataclass
 class _Running:
     task: asyncio.Task[ExecutionResult]
-    stop_reason: str | None = None  # "cancel" | "shutdown" once asked to stop
+    stop_reason: str | None = None  # "cancel" | "shutdown" | "lost" once asked to stop
 
 
 class WorkerPool:
@@ -206,6 +208,13 @@ class WorkerPool:
                     self._stop(running, "shutdown")
         await asyncio.gather(*self._loops, return_exceptions=True)
 
+    def abandon(self, job_id: str) -> None:
+        """Stops a run whose job another worker took over (this worker was presumed
+        lost): its sandbox is killed and nothing more is written."""
+        running = self._running.get(job_id)
+        if running is not None:
+            self._stop(running, "lost")
+
     def _on_cancel_request(self, job_id: str) -> None:
         running = self._running.get(job_id)
         if running is not None:
@@ -262,6 +271,9 @@ class WorkerPool:
             if running.stop_reason is None:
                 raise
             pending = await events.close()
+            if running.stop_reason == "lost":
+                log.warning("job taken over by another worker; its run here was stopped")
+                return
             if running.stop_reason == "cancel":
                 job = await self.jobs.cancelled(job_id, pending, fence)
             else:

@@ -81,6 +81,6 @@ async def test_leases_expire_unless_renewed(jobs: JobService) -> None:
         await jobs.claim(job.id, "w1")
     assert await jobs.store.expired_leases(3600) == []
     await asyncio.sleep(1.2)
-    await jobs.store.renew_leases("w1", [renewed.id])
-    await jobs.store.renew_leases("w2", [silent.id])  # not its worker: no renewal
+    assert await jobs.store.renew_leases("w1", [renewed.id]) == [renewed.id]
+    assert await jobs.store.renew_leases("w2", [silent.id]) == []  # not its worker
     assert [job.id for job in await jobs.store.expired_leases(1)] == [silent.id]

@@ -173,10 +173,10 @@ class JobStore:
         async with self.db.read() as conn:
             return list((await conn.execute(query)).scalars())
 
-    async def renew_leases(self, worker_id: str, job_ids: Collection[str]) -> None:
-        """The heartbeat of a worker's running jobs."""
+    async def renew_leases(self, worker_id: str, job_ids: Collection[str]) -> list[str]:
+        """The heartbeat of a worker's running jobs; returns those still its own."""
         if not job_ids:
-            return
+            return []
         query = (
             jobs.update()
             .where(
@@ -185,9 +185,10 @@ class JobStore:
                 jobs.c.status == Status.RUNNING.value,
             )
             .values(heartbeat_at=sa.func.now())
+            .returning(jobs.c.id)
         )
         async with self.db.write() as conn:
-            await conn.execute(query)
+            return list((await conn.execute(query)).scalars())
 
     async def expired_leases(self, silent_s: float) -> list[Job]:
         """Running jobs whose worker has not renewed their lease for ``silent_s``. Only
