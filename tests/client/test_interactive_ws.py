@@ -222,13 +222,6 @@ def own_server() -> Iterator[Server]:
     yield from serve({})
 
 
-@pytest.mark.xfail(
-    reason="engine: a run cancelled while its box starts is followed by a stray close of a "
-    "recycled fd (PYTHONDEVMODE shows 'Exception ignored in: <_io.FileIO [closed]> ... "
-    "EBADF'): the next box fails in spawn.write_pipe with EBADF, or a socket of the server "
-    "closes (a WebSocket: 1006; the listening socket: connections refused)",
-    strict=False,
-)
 def test_runs_killed_as_they_start_leave_the_server_sound(own_server: Server) -> None:
     for _ in range(3):
         with connect(ws_url(own_server)) as ws:

@@ -49,6 +49,10 @@ def serve(
         create_app(settings),
         host=host,
         port=port,
+        # The sandbox's pipe handling relies on the standard loop's transports: uvloop's
+        # hand the fd number to libuv, which closes it while the file object we passed
+        # closes it again (a stray close of whatever socket reused the number).
+        loop="asyncio",
         log_config=None,  # our structlog setup renders uvicorn's logs too
         access_log=False,  # RequestContext logs requests, with their ids
         # Requests still open this long after SIGTERM are cut (SSE streams end at once).

@@ -166,16 +166,28 @@ class Box:
             for fd in (cmd_w, status_r):
                 os.close(fd)
             raise
-        status = await read_pipe(status_r)
+        try:
+            status = await read_pipe(status_r)
+        except BaseException:
+            proc.kill()
+            proc.close()
+            os.close(cmd_w)
+            raise
         box = cls(proc, cgroup, workspace, cmd_w, status, network)
         try:
             line = await asyncio.wait_for(status.readline(), timeout=START_TIMEOUT_S)
         except TimeoutError:
             line = b""
+        except BaseException:
+            box.kill()
+            proc.close()
+            raise
         if line != b"ready\n":
             box.kill()
+            stderr = b""
+            with contextlib.suppress(TimeoutError):
+                stderr = await asyncio.wait_for(proc.errors.read(), timeout=START_TIMEOUT_S)
             await box.release()
-            stderr = await proc.errors.read()
             raise SandboxError(
                 "the sandbox did not start: "
                 + (stderr.decode(errors="replace").strip() or f"bwrap exited with {proc.exited}")
@@ -304,6 +316,7 @@ class Box:
         """Reaps bwrap and removes the cgroup, after kill(); off the request's path."""
         self.kill()
         await self.proc.exited
+        self.proc.close()
         await self.cgroup.remove_async()
 
 

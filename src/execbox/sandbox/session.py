@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from execbox.models import Verdict
 from execbox.sandbox.box import (
     KILL_GRACE_S,
-    PROGRAM_STDIO_FDS,
     READ_CHUNK,
     SANDBOX_OWN_PROCESSES,
     SECCOMP_FD,
@@ -229,9 +228,9 @@ class Session:
             "--", INIT_PATH, "serve", str(CONTROL_FD),
         ]  # fmt: skip
         try:
-            # The stdio pipes Spawned makes are unused: init closes them at once.
+            # Commands get stdio pipes of their own, over the control socket.
             proc = await Spawned.start(
-                argv, PROGRAM_STDIO_FDS, {CONTROL_FD: inside.detach(), SECCOMP_FD: seccomp_fd}
+                argv, None, {CONTROL_FD: inside.detach(), SECCOMP_FD: seccomp_fd}
             )
         except BaseException:
             host.close()
@@ -371,6 +370,7 @@ class Session:
         """Kills everything, then frees the cgroup and the workspace (its disk)."""
         self.kill()
         await self.proc.exited
+        self.proc.close()
         if self.netns_fd >= 0:
             os.close(self.netns_fd)
             self.netns_fd = -1

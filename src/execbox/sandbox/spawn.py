@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import typing
 from collections.abc import Sequence
 
 LOWEST_SOURCE_FD = 16  # sources of the dup2s sit above every target fd
@@ -28,45 +29,55 @@ def _above_targets(fd: int) -> int:
 
 
 class Spawned:
-    """A child whose own stdio is /dev/null plus an error pipe, carrying a program's
-    stdin/stdout/stderr pipes (and other fds) at chosen numbers."""
+    """A child whose own stdio is /dev/null plus an error pipe, optionally carrying a
+    program's stdin/stdout/stderr pipes (and other fds) at chosen numbers.
+
+    Every pipe end of ours is owned by one asyncio transport from the moment the child
+    exists, and ``close()`` closes them all: an fd number is never closed twice, which
+    in a server would close whatever socket reused it.
+    """
 
     def __init__(
         self,
         pid: int,
-        stdin: asyncio.StreamWriter,
-        stdout: asyncio.StreamReader,
-        stderr: asyncio.StreamReader,
-        errors: asyncio.StreamReader,
         exited: asyncio.Future[int],
+        errors: asyncio.StreamReader,
+        transports: list[asyncio.BaseTransport],
+        stdin: asyncio.StreamWriter | None = None,
+        stdout: asyncio.StreamReader | None = None,
+        stderr: asyncio.StreamReader | None = None,
     ) -> None:
         self.pid = pid
+        self.exited = exited
+        self.errors = errors  # the child's own stderr (bwrap's complaints)
+        self._transports = transports
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
-        self.errors = errors  # the child's own stderr (bwrap's complaints)
-        self.exited = exited
 
     @classmethod
     async def start(
-        cls, argv: Sequence[str], stdio_fds: tuple[int, int, int], child_fds: dict[int, int]
+        cls,
+        argv: Sequence[str],
+        stdio_fds: tuple[int, int, int] | None,
+        child_fds: dict[int, int],
     ) -> Spawned:
         """Starts argv with an empty environment in a new session.
 
-        The program's stdin, stdout and stderr pipes are given at the numbers of
-        stdio_fds; child_fds maps more numbers (> 2) to fds of ours, which are
+        With stdio_fds, the program's stdin, stdout and stderr pipes are given at
+        those numbers; child_fds maps more numbers (> 2) to fds of ours, which are
         closed here once the child has them.
         """
         loop = asyncio.get_running_loop()
-        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
-        give = {
-            2: errors_w,
-            **dict(zip(stdio_fds, (stdin_r, stdout_w, stderr_w), strict=True)),
-            **child_fds,
-        }
+        ours = [errors_r]  # parent ends, in the order they are wrapped below
+        give = {2: errors_w, **child_fds}
+        if stdio_fds is not None:
+            stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+            stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+            stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+            ours += [stdout_r, stderr_r, stdin_w]
+            give.update(zip(stdio_fds, (stdin_r, stdout_w, stderr_w), strict=True))
         give = {target: _above_targets(fd) for target, fd in give.items()}
         devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1)]
         try:
@@ -81,53 +92,102 @@ class Spawned:
                 setsid=True,
             )
         except BaseException:
-            for fd in (stdin_w, stdout_r, stderr_r, errors_r):
+            for fd in ours:
                 os.close(fd)
             raise
         finally:
             for fd in give.values():
                 os.close(fd)
-
-        exited: asyncio.Future[int] = loop.create_future()
-        pidfd = os.pidfd_open(pid)
-
-        def reap() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            _, status = os.waitpid(pid, 0)
-            if not exited.done():
-                exited.set_result(os.waitstatus_to_exitcode(status))
-
-        loop.add_reader(pidfd, reap)
-        stdout = await _reader(loop, stdout_r)
-        stderr = await _reader(loop, stderr_r)
-        errors = await _reader(loop, errors_r)
-        stdin = await write_pipe(stdin_w)
-        return cls(pid, stdin, stdout, stderr, errors, exited)
+        # From here on the numbers in `ours` belong to file objects, never to ints.
+        files = [os.fdopen(fd, "wb" if i == 3 else "rb", 0) for i, fd in enumerate(ours)]
+        exited = _watch_exit(loop, pid)
+        transports: list[asyncio.BaseTransport] = []
+        try:
+            readers = []
+            for file in files[:3]:
+                reader = asyncio.StreamReader(limit=1 << 20)
+                transport, _ = await loop.connect_read_pipe(
+                    lambda r=reader: asyncio.StreamReaderProtocol(r), file
+                )
+                transports.append(transport)
+                readers.append(reader)
+            stdin = None
+            if len(files) == 4:
+                stdin = await _writer(loop, files[3])
+                transports.append(stdin.transport)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            for transport in transports:
+                transport.close()
+            for file in files[len(transports) :]:
+                file.close()
+            raise
+        errors, *program = readers
+        stdout, stderr = program if program else (None, None)
+        return cls(pid, exited, errors, transports, stdin, stdout, stderr)
 
     def kill(self) -> None:
         if not self.exited.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
+    def close(self) -> None:
+        """Closes every pipe of ours (after the child is gone: its output is drained)."""
+        for transport in self._transports:
+            transport.close()
 
-async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
+
+def _watch_exit(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[int]:
+    """A future of the child's exit code, from a pidfd in the event loop (no thread)."""
+    exited: asyncio.Future[int] = loop.create_future()
+    pidfd = os.pidfd_open(pid)
+
+    def reap() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        if not exited.done():
+            exited.set_result(os.waitstatus_to_exitcode(status))
+
+    loop.add_reader(pidfd, reap)
+    return exited
+
+
+async def _writer(loop: asyncio.AbstractEventLoop, file: typing.BinaryIO) -> asyncio.StreamWriter:
+    """An asyncio writer over a pipe file of ours, safe to cancel.
+
+    CPython 3.11's write-pipe transport registers its reader (to see the peer close)
+    with call_soon and no check that it was closed meanwhile: cancelling the connect
+    leaves that registration behind on a closed fd number, and when the number is
+    reused (say by a client's socket) the stale callback unregisters and closes it.
+    So the connect always completes; a cancelled caller's transport is closed after.
+    """
+    connecting = asyncio.ensure_future(
+        loop.connect_write_pipe(lambda: asyncio.streams.FlowControlMixin(loop=loop), file)
+    )
+    try:
+        transport, protocol = await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        connecting.add_done_callback(_close_connected)
+        raise
+    return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+def _close_connected(done: asyncio.Future[tuple[asyncio.BaseTransport, object]]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        done.result()[0].close()
+
+
+async def read_pipe(fd: int) -> asyncio.StreamReader:
+    """An asyncio reader over a pipe fd of ours (taken over: closed with the reader)."""
     reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(
+    await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
     )
     return reader
 
 
-async def read_pipe(fd: int) -> asyncio.StreamReader:
-    """An asyncio reader over a pipe fd of ours (taken over: closed with the reader)."""
-    return await _reader(asyncio.get_running_loop(), fd)
-
-
 async def write_pipe(fd: int) -> asyncio.StreamWriter:
     """An asyncio writer over a pipe fd of ours (taken over: closed with the writer)."""
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.connect_write_pipe(
-        lambda: asyncio.streams.FlowControlMixin(loop=loop), os.fdopen(fd, "wb", 0)
-    )
-    return asyncio.StreamWriter(transport, protocol, None, loop)
+    return await _writer(asyncio.get_running_loop(), os.fdopen(fd, "wb", 0))
