@@ -22,10 +22,7 @@ from execbox.sandbox.netns import NamespaceDialer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from api_kit import Server  # the API suite's real-server helper
-
-TEST_UID = 60361
-API_KEY = "sandboxes-test-key"
-SERVER_UID = 60362  # the API server's sandboxes, counted apart from the engine tests'
+from sandboxes_kit import API_KEY, SERVER_UID, TEST_UID
 
 
 @pytest.fixture(scope="session")

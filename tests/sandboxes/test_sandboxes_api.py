@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import websockets
 from api_kit import Server, sse_events
-from conftest import API_KEY, SERVER_UID
+from sandboxes_kit import API_KEY, SERVER_UID
 
 APPS = Path(__file__).resolve().parent / "apps"
 WEB_APP = """\

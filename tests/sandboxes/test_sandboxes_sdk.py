@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 from api_kit import Server
-from conftest import API_KEY
+from sandboxes_kit import API_KEY
 
 from execbox.client import AsyncClient, Client, NotFoundError
 from execbox.client.sandboxes import BuildUpdate, CommandHandle
