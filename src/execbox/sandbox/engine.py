@@ -161,7 +161,8 @@ class Sandbox:
             workspace.resize(disk_mb)
             self._prestarted[workspace.path] = box
         else:
-            workspace = self._new_workspace(disk_mb)
+            # mkdir + mount: in a thread, off the event loop that serves every request.
+            workspace = await asyncio.to_thread(self._new_workspace, disk_mb)
         try:
             yield workspace
         finally:
@@ -173,7 +174,7 @@ class Sandbox:
     async def _teardown(self, box: Box | None, workspace: Workspace) -> None:
         if box is not None:
             await box.release()
-        workspace.destroy()
+        await asyncio.to_thread(workspace.destroy)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Cleanup that need not delay a result (reaping, rmdir, umount)."""
@@ -203,7 +204,8 @@ class Sandbox:
                 network=network,
             )
         except BaseException:
-            cgroup.remove()
+            cgroup.kill()
+            self._background(cgroup.remove_async())
             raise
 
     def _take_warm(self) -> Box | None:
@@ -219,7 +221,7 @@ class Sandbox:
 
     async def _fill(self) -> None:
         while not self._closed and len(self._warm) < self.settings.warm_pool_size:
-            workspace = self._new_workspace(1)
+            workspace = await asyncio.to_thread(self._new_workspace, 1)
             try:
                 self._warm.append(await self._start_box(workspace))
             except asyncio.CancelledError:  # close() while a box was starting
