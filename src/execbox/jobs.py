@@ -27,6 +27,10 @@ from execbox.queue import JobQueue
 from execbox.store import TERMINAL, EventKind, Job, JobEvent, JobStore, utcnow
 from execbox.store.schema import jobs as jobs_table
 
+# The reason on the first status event of a job whose stdin is a live connection
+# (WS /v1/executions/interactive): such a job cannot run again without it.
+INTERACTIVE = "interactive"
+
 log = structlog.get_logger(__name__)
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
@@ -308,18 +312,39 @@ class JobService:
     async def recover(self, max_attempts: int) -> int:
         """After a restart of the embedded mode: jobs left running are re-queued (or
         failed once they were started ``max_attempts`` times), and every queued job
-        goes back into the queue, which lived in memory. Returns how many."""
+        goes back into the queue, which lived in memory. Interactive jobs are cancelled
+        instead: their stdin was a connection that is gone, and a re-run without it
+        would answer nobody. Returns how many jobs were queued again."""
         for job_id in await self.store.ids(Status.RUNNING):
+            if await self._interactive(job_id):
+                await self._end_session(job_id)
+                continue
             await self.hand_back(
                 await self.get(job_id),
                 reason="the server restarted",
                 lost="the server stopped",
                 max_attempts=max_attempts,
             )
-        queued = await self.store.ids(Status.QUEUED)
-        for job_id in queued:
+        queued = 0
+        for job_id in await self.store.ids(Status.QUEUED):
+            if await self._interactive(job_id):
+                await self._end_session(job_id)
+                continue
             await self.queue.put(await self.get(job_id))
-        return len(queued)
+            queued += 1
+        return queued
+
+    async def _interactive(self, job_id: str) -> bool:
+        events = await self.store.events(job_id, kinds=[EventKind.STATUS])
+        return bool(events) and (events[0].data or {}).get("reason") == INTERACTIVE
+
+    async def _end_session(self, job_id: str) -> None:
+        await self._transition(
+            job_id,
+            Status.CANCELLED,
+            allowed_from={Status.QUEUED, Status.RUNNING},
+            reason="the interactive session ended: the server restarted",
+        )
 
     async def prune(self, retention: timedelta) -> int:
         return await self.store.prune(utcnow() - retention)

@@ -13,10 +13,10 @@ import pytest
 from api_kit import drop_schema
 
 from execbox.events import Lagged, LocalEventBus, Subscription
-from execbox.jobs import IllegalTransition, JobService
+from execbox.jobs import INTERACTIVE, IllegalTransition, JobService, new_job_id
 from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage, Status, Verdict
 from execbox.queue import LocalQueue
-from execbox.store import Database, EventKind, JobEvent, JobStore
+from execbox.store import Database, EventKind, Job, JobEvent, JobStore, utcnow
 
 LANG = LanguageRef(name="python", version="3")
 REQUEST = ExecutionRequest(language="python", code="print(1)")
@@ -113,6 +113,37 @@ async def test_recovery_requeues_or_gives_up(jobs: JobService) -> None:
     assert failed.error_message and "3 times" in failed.error_message
     queued = {await restarted.queue.get(), await restarted.queue.get()}
     assert queued == {fresh.id, waiting.id}
+
+
+async def test_recovery_cancels_interactive_jobs_instead_of_rerunning_them(
+    jobs: JobService,
+) -> None:
+    """Their stdin was a WebSocket that died with the server: a re-run would read EOF."""
+    sessions = []
+    for _ in range(2):  # one running, one not yet claimed when the server died
+        # As WS /v1/executions/interactive records its jobs: the first status says why.
+        job = Job(
+            id=new_job_id(),
+            status=Status.QUEUED,
+            language=LANG.name,
+            language_version=LANG.version,
+            request=REQUEST,
+            created_at=utcnow(),
+        )
+        await jobs.store.create(
+            job, [JobEvent(EventKind.STATUS, {"status": "queued", "reason": INTERACTIVE})]
+        )
+        sessions.append(job.id)
+    await jobs.claim(sessions[0])
+    plain = await jobs.submit(REQUEST, LANG)
+
+    restarted = JobService(jobs.store, LocalEventBus(), LocalQueue(100))
+    assert await restarted.recover(max_attempts=3) == 1
+    assert await restarted.queue.get() == plain.id
+    for job_id in sessions:
+        assert (await jobs.get(job_id)).status == Status.CANCELLED
+        reasons = [e.data.get("reason") for e in await jobs.store.events(job_id) if e.data]
+        assert "the interactive session ended: the server restarted" in reasons
 
 
 async def test_old_finished_jobs_are_pruned(jobs: JobService) -> None:

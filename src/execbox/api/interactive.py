@@ -43,7 +43,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from execbox.jobs import new_job_id, to_result
+from execbox.jobs import INTERACTIVE, new_job_id, to_result
 from execbox.logging import internal_error
 from execbox.models import ExecutionRequest, ExecutionResult, Status
 from execbox.runner import InvalidRequest, RunnerEvent
@@ -292,7 +292,7 @@ class _Session:
             created_at=utcnow(),
         )
         created = await jobs.store.create(
-            job, [JobEvent(EventKind.STATUS, {"status": "queued", "reason": "interactive"})]
+            job, [JobEvent(EventKind.STATUS, {"status": "queued", "reason": INTERACTIVE})]
         )
         await jobs.bus.publish(job.id, created)
         claimed = await jobs.claim(job.id)
