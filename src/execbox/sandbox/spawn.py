@@ -105,10 +105,7 @@ class Spawned:
         try:
             readers = []
             for file in files[:3]:
-                reader = asyncio.StreamReader(limit=1 << 20)
-                transport, _ = await loop.connect_read_pipe(
-                    lambda r=reader: asyncio.StreamReaderProtocol(r), file
-                )
+                reader, transport = await _reader(loop, file)
                 transports.append(transport)
                 readers.append(reader)
             stdin = None
@@ -179,12 +176,17 @@ def _close_connected(done: asyncio.Future[tuple[asyncio.BaseTransport, object]])
         done.result()[0].close()
 
 
+async def _reader(
+    loop: asyncio.AbstractEventLoop, file: typing.BinaryIO
+) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    reader = asyncio.StreamReader(limit=1 << 20)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), file)
+    return reader, transport
+
+
 async def read_pipe(fd: int) -> asyncio.StreamReader:
     """An asyncio reader over a pipe fd of ours (taken over: closed with the reader)."""
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await asyncio.get_running_loop().connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
-    )
+    reader, _ = await _reader(asyncio.get_running_loop(), os.fdopen(fd, "rb", 0))
     return reader
 
 
