@@ -30,6 +30,7 @@ START_TIMEOUT_S = 10
 # Where the sandbox process finds its pipes (see init.c and bwrap.py).
 CMD_FD, STATUS_FD, SECCOMP_FD = 3, 4, 5
 PROGRAM_STDIO_FDS = (6, 7, 8)
+PIPE_BUFFER_BYTES = 65536  # a command this small is written at once, without a thread
 # bwrap (outside) and execbox-init (PID 1) live in the run's cgroup too: pids.max is the
 # caller's `processes` plus these, so that `processes` counts the program's own.
 SANDBOX_OWN_PROCESSES = 2
@@ -89,6 +90,12 @@ def encode_command(cmd: Command, limits: SandboxLimits) -> bytes:
     return header.encode() + b"".join(s.encode() + b"\0" for s in strings)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class _Capped:
     """Collects one output stream up to its cap."""
 
@@ -130,6 +137,7 @@ class Box:
         self.cgroup = cgroup
         self.workspace = workspace
         self._cmd_fd = cmd_fd
+        self._sending: asyncio.Future[None] | None = None
         self._status = status
         self.network = network
         self.used = False
@@ -261,10 +269,7 @@ class Box:
                 # CPU time accrues at most `cores` seconds per second: sleep until it could end.
                 await asyncio.sleep(max(0.005, left / 1e9 / cores))
 
-        if len(payload) > 65536:
-            await asyncio.get_running_loop().run_in_executor(None, self._send, payload)
-        else:
-            self._send(payload)
+        await self._send(payload)
         started = time.monotonic()
         assert self.proc.stdout is not None and self.proc.stderr is not None
         pumps = [
@@ -293,22 +298,33 @@ class Box:
         host_wall = time.monotonic() - started
         return make_result(status_line, stats, limits, out, err, killed_for, host_wall)
 
-    def _send(self, payload: bytes) -> None:
+    async def _send(self, payload: bytes) -> None:
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(self._cmd_fd, view) :]
+            if len(payload) <= PIPE_BUFFER_BYTES:
+                _write_all(self._cmd_fd, payload)
+            else:
+                # A blocking write in a thread; its fd stays open until it returns.
+                self._sending = asyncio.get_running_loop().run_in_executor(
+                    None, _write_all, self._cmd_fd, payload
+                )
+                await asyncio.shield(self._sending)  # a cancel must not mark it done
         except BrokenPipeError as exc:
             raise SandboxError("the sandbox died before its command was sent") from exc
         finally:
+            self._close_command()
+
+    def _close_command(self) -> None:
+        """Closes the command pipe (EOF for init), but never under a write in flight:
+        closing it there would let the thread write into whatever reuses the number."""
+        if self._sending is not None and not self._sending.done():
+            self._sending.add_done_callback(lambda _: self._close_command())
+        elif self._cmd_fd >= 0:
             os.close(self._cmd_fd)
             self._cmd_fd = -1
 
     def kill(self) -> None:
         """Kills every process of this box at once (the cgroup and bwrap)."""
-        if self._cmd_fd >= 0:
-            os.close(self._cmd_fd)
-            self._cmd_fd = -1
+        self._close_command()
         self.cgroup.kill()
         self.proc.kill()
 
