@@ -30,7 +30,8 @@ system-packages:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@missing=""; for p in $(LANG_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@# A tool outside /usr/bin (rustup's rustc in ~/.cargo, say) is not what the sandbox sees.
+	@missing=""; for p in $(LANG_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || PATH=/usr/bin:/bin command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo ">> installing language toolchains:$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \

@@ -1,7 +1,7 @@
 """Sandbox overhead against the bare floor, measured in one run (``execbox bench``).
 
 Each round runs every variant once, in turn, so drift on the machine hits all of
-them alike: bare spawn, the sandbox with a warm pool, the sandbox cold, and the
+them alike: bare spawn, the sandbox with its reused boxes, the sandbox cold, and the
 whole runner. Results are medians and p90 in ms, and ratios to bare.
 """
 
@@ -78,7 +78,7 @@ async def run_benchmark(settings: Settings, iterations: int = 50) -> dict[str, A
         for _ in range(iterations):
             for name, fn in variants.items():
                 if name.endswith("_sandbox") or name == "python_runner":
-                    # Let the warm pool refill, as it does between requests of a real server.
+                    # Let the last box be reset, as it is between requests of a real server.
                     await runner.sandbox.warm_up()
                 start = time.perf_counter()
                 await fn()

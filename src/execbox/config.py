@@ -35,7 +35,13 @@ class Settings(BaseSettings):
     cgroup_version: Literal["auto", "1", "2"] = "auto"
     cgroup_mount: Path = Path("/sys/fs/cgroup")
     cgroup_name: str = Field("execbox", description="Parent cgroup of every run")
-    warm_pool_size: int = Field(2, ge=0, le=64, description="Sandboxes kept started ahead")
+    warm_pool_size: int = Field(
+        default_factory=lambda: (os.cpu_count() or 1) + 2,
+        ge=0,
+        le=256,
+        description="Sandboxes kept started and reused, ready or in use (a default worker "
+        "pool plus two); executions beyond them start and free sandboxes of their own",
+    )
     allow_network: bool = Field(False, description="Whether callers may ask for network")
 
     # Admin maxima: what a caller may ask for at most (requests beyond get a 422).

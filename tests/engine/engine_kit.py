@@ -186,8 +186,10 @@ async def settled(
 class HostGuard:
     """What a hostile program must leave as it was: checked after each hostile test."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, *more: Runner) -> None:
+        """``more``: other runners alive meanwhile (with the same sandbox uid)."""
         self.runner = runner
+        self.runners = (runner, *more)
         self.digests: dict[str, str | None] = {}
         self.hostname = ""
         self.ports: dict[str, bool] = {}
@@ -198,11 +200,11 @@ class HostGuard:
         self.ports = {name: port_answers(port) for name, port in HOST_SERVICES.items()}
 
     def _warm(self) -> tuple[set[int], set[str], set[str]]:
-        """Processes, cgroup names and workspace names of the warm pool's idle boxes."""
+        """Processes, cgroup names and workspace names of the pool's idle boxes."""
         pids: set[int] = set()
         cgroups: set[str] = set()
         workspaces: set[str] = set()
-        for box in list(self.runner.sandbox._warm):
+        for box in (box for r in self.runners for box in list(r.sandbox._idle)):
             pids.update(box.cgroup.pids())
             pids.add(box.proc.pid)
             cgroups.update(d.name for d in box.cgroup.dirs)
@@ -228,6 +230,8 @@ class HostGuard:
 
     async def check(self, patience_s: float = 10.0) -> None:
         """Asserts that the host is as it was: no survivor, nothing left, nothing changed."""
+        for other in self.runners[1:]:
+            await settled(other, list, patience_s)
         problems = await settled(self.runner, self._leftovers, patience_s)
         assert not problems, "\n".join(problems)
         for path, digest in self.digests.items():

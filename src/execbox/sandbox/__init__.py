@@ -1,7 +1,7 @@
 """Isolation only: runs one argv in a fresh, locked-down environment and reports
 what happened. Knows nothing of languages or jobs."""
 
-from execbox.sandbox.box import Command, SandboxLimits, SandboxResult
+from execbox.sandbox.command import Command, SandboxLimits, SandboxResult
 from execbox.sandbox.engine import Sandbox
 from execbox.sandbox.errors import SandboxError, SandboxUnavailable
 from execbox.sandbox.workspace import Workspace, WorkspacePathError

@@ -67,28 +67,10 @@ def write_etc(etc_dir: Path) -> None:
             tmp.rename(path)
 
 
-def bwrap_argv(
-    bwrap: str,
-    view: FsView,
-    workspace: Path,
-    *,
-    network: bool,
-    seccomp_fd: int,
-    cmd_fd: int,
-    status_fd: int,
-    stdio_fds: tuple[int, int, int],
-) -> list[str]:
-    """bwrap running execbox-init's one-command role (see box.py)."""
-    return [
-        *bwrap_options(bwrap, view, workspace, network=network, seccomp_fd=seccomp_fd),
-        "--", INIT_PATH, "init", str(cmd_fd), str(status_fd), *map(str, stdio_fds),
-    ]  # fmt: skip
-
-
 def bwrap_options(
     bwrap: str, view: FsView, workspace: Path, *, network: bool, seccomp_fd: int
 ) -> list[str]:
-    """bwrap and its options, up to the command (execbox-init in one of its roles)."""
+    """bwrap and its options, up to the command (execbox-init serving)."""
     args = [
         bwrap,
         "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
@@ -117,6 +99,8 @@ def bwrap_options(
         "--bind", str(workspace), WORKDIR,
         "--ro-bind", str(view.init_binary), INIT_PATH,
         "--remount-ro", "/",
+        # Only /box, /tmp and /dev/shm are writable: what a box reuse empties.
+        "--remount-ro", "/dev",
         "--chdir", WORKDIR,
         "--seccomp", str(seccomp_fd),
     ]  # fmt: skip

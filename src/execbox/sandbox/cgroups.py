@@ -84,6 +84,13 @@ class RunCgroup(ABC):
     @abstractmethod
     def _procs_dir(self) -> Path: ...
 
+    def adopt(self, pids: list[int]) -> None:
+        """Moves processes (of a box between its commands) into this cgroup; what they
+        were charged for stays with their old one."""
+        for d in self.dirs:
+            for pid in pids:
+                _write(d / "cgroup.procs", str(pid))
+
     def pids(self) -> list[int]:
         try:
             text = _read(self._procs_dir() / "cgroup.procs")

@@ -4,10 +4,11 @@
         ws.write_file("main.py", b"print(1)")
         result = await sandbox.run(ws, Command(["/usr/bin/python3", "main.py"]), limits)
 
-Isolation costs mostly the start of bwrap (namespaces, mounts). A warm pool
-keeps a few workspaces with a box already started in them, so the first command
-of a workspace only pays for running; later commands of the same workspace (the
-run after a compile, each test case) start a box of their own.
+Isolation costs mostly the start of bwrap (namespaces, mounts) and its teardown. So
+a workspace comes with a box already started in it (box.py): every command of the
+workspace (the compile, the run, each test) runs in that box, and when the
+workspace is done the box is reset and kept for the next one. A pool keeps
+``warm_pool_size`` boxes ready (idle plus in use), so requests rarely start one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from pathlib import Path
@@ -26,39 +26,22 @@ import structlog
 
 from execbox.config import Settings
 from execbox.sandbox import cgroups
-from execbox.sandbox.box import (
-    Box,
+from execbox.sandbox.box import Box
+from execbox.sandbox.bwrap import FsView, write_etc
+from execbox.sandbox.command import (
     Command,
     OutputCallback,
     SandboxLimits,
     SandboxResult,
     StdinSource,
 )
-from execbox.sandbox.bwrap import FsView, write_etc
 from execbox.sandbox.errors import SandboxError, SandboxUnavailable
+from execbox.sandbox.names import owned_name, owner_alive
 from execbox.sandbox.native import init_binary
 from execbox.sandbox.seccomp import filter_bpf
 from execbox.sandbox.workspace import Workspace
 
 log = structlog.get_logger(__name__)
-
-
-def _owned_name() -> str:
-    """A unique name that says which process owns the thing it names."""
-    return f"{os.getpid()}-{uuid.uuid4().hex}"
-
-
-def _owner_alive(name: str) -> bool:
-    pid, _, _ = name.partition("-")
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_traversable(path: Path) -> None:
@@ -132,9 +115,10 @@ class Sandbox:
         )
         self.seccomp_file = _write_once(settings.bin_dir / "seccomp.bpf", filter_bpf())
         self.bwrap = settings.bwrap_path
-        self._warm: deque[Box] = deque()
-        # Workspaces taken from the warm pool, with the box started in them.
-        self._prestarted: dict[Path, Box] = {}
+        self._idle: deque[Box] = deque()
+        # The box of each workspace in use, and how many boxes are being reset.
+        self._boxes: dict[Path, Box] = {}
+        self._returning = 0
         self._cleanups: set[asyncio.Task[None]] = set()
         self._filling: asyncio.Task[None] | None = None
         self._closed = False
@@ -142,42 +126,67 @@ class Sandbox:
     # -- workspaces --------------------------------------------------------
 
     def _new_workspace(self, disk_mb: int) -> Workspace:
-        path = self.settings.workspaces_dir / _owned_name()
+        path = self.settings.workspaces_dir / owned_name()
         return Workspace.create(path, self.settings.sandbox_uid, self.settings.sandbox_gid, disk_mb)
 
     def _sweep_stale_workspaces(self) -> None:
         """Unmounts workspaces whose process died without cleaning up (crash, SIGKILL).
         Other live processes (a server and a CLI run) may share the data dir."""
         for path in self.settings.workspaces_dir.iterdir():
-            if not _owner_alive(path.name):
+            if not owner_alive(path.name):
                 Workspace(path, 0, 0, 0).destroy()
-        self.cgroups.sweep(lambda name: not _owner_alive(name))
+        self.cgroups.sweep(lambda name: not owner_alive(name))
 
     @contextlib.asynccontextmanager
     async def workspace(self, disk_mb: int) -> AsyncIterator[Workspace]:
-        box = self._take_warm()
-        if box is not None:
-            workspace = box.workspace
-            workspace.resize(disk_mb)
-            self._prestarted[workspace.path] = box
-        else:
-            # mkdir + mount: in a thread, off the event loop that serves every request.
-            workspace = await asyncio.to_thread(self._new_workspace, disk_mb)
+        """A fresh (or freshly emptied) workspace, with a box started over it."""
+        box = self._idle.popleft() if self._idle else None
+        if box is None:
+            box = await self._start_box(None, network=False)
+        workspace = box.workspace
+        self._boxes[workspace.path] = box
+        self._refill()
         try:
+            if disk_mb != workspace.size_mb:  # a remount: in a thread, like every mount
+                await asyncio.to_thread(workspace.resize, disk_mb)
             yield workspace
         finally:
-            leftover = self._prestarted.pop(workspace.path, None)
-            if leftover is not None:
-                leftover.kill()
-            self._background(self._teardown(leftover, workspace))
+            self._returning += 1
+            self._background(self._recycle(self._boxes.pop(workspace.path)))
 
-    async def _teardown(self, box: Box | None, workspace: Workspace) -> None:
-        if box is not None:
-            await box.release()
-        await asyncio.to_thread(workspace.destroy)
+    async def _start_box(self, workspace: Workspace | None, network: bool) -> Box:
+        """A new box over ``workspace`` (a new one of its own when None)."""
+        if workspace is None:
+            # mkdir + mount: in a thread, off the event loop that serves every request.
+            own = await asyncio.to_thread(self._new_workspace, 1)
+            try:
+                return await Box.start(self, own, network)
+            except BaseException:
+                await asyncio.to_thread(own.destroy)
+                raise
+        return await Box.start(self, workspace, network)
+
+    def _pooled(self) -> int:
+        """Boxes of the pool: ready, in use, or being reset to be ready again."""
+        return len(self._idle) + len(self._boxes) + self._returning
+
+    async def _recycle(self, box: Box) -> None:
+        """Keeps a box whose workspace is done for the next one, or frees it."""
+        try:
+            keep = self._pooled() <= self.settings.warm_pool_size and await box.reset()
+        finally:
+            self._returning -= 1
+        if keep and not self._closed:
+            self._idle.append(box)
+        else:
+            await self._free(box)
+
+    async def _free(self, box: Box) -> None:
+        await box.retire()
+        await asyncio.to_thread(box.workspace.destroy)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Cleanup that need not delay a result (reaping, rmdir, umount)."""
+        """Cleanup that need not delay a result (resets, reaping, rmdir, umount)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._cleanups.add(task)
         task.add_done_callback(self._cleanup_done)
@@ -187,32 +196,6 @@ class Sandbox:
         if not task.cancelled() and task.exception() is not None:
             log.error("sandbox_cleanup_failed", exc_info=task.exception())
 
-    # -- boxes ---------------------------------------------------------------
-
-    async def _start_box(self, workspace: Workspace, network: bool = False) -> Box:
-        cgroup = self.cgroups.create(_owned_name())
-        try:
-            return await Box.start(
-                init_binary=self.view.init_binary,
-                bwrap=self.bwrap,
-                uid=self.settings.sandbox_uid,
-                gid=self.settings.sandbox_gid,
-                view=self.view,
-                seccomp_file=self.seccomp_file,
-                cgroup=cgroup,
-                workspace=workspace,
-                network=network,
-            )
-        except BaseException:
-            cgroup.kill()
-            self._background(cgroup.remove_async())
-            raise
-
-    def _take_warm(self) -> Box | None:
-        box = self._warm.popleft() if self._warm else None
-        self._refill()
-        return box
-
     def _refill(self) -> None:
         if self._closed or self.settings.warm_pool_size == 0:
             return
@@ -220,20 +203,18 @@ class Sandbox:
             self._filling = asyncio.get_running_loop().create_task(self._fill())
 
     async def _fill(self) -> None:
-        while not self._closed and len(self._warm) < self.settings.warm_pool_size:
-            workspace = await asyncio.to_thread(self._new_workspace, 1)
+        while not self._closed and self._pooled() < self.settings.warm_pool_size:
             try:
-                self._warm.append(await self._start_box(workspace))
-            except asyncio.CancelledError:  # close() while a box was starting
-                workspace.destroy()
+                box = await self._start_box(None, network=False)
+            except asyncio.CancelledError:
                 raise
             except Exception:
-                workspace.destroy()
                 log.exception("warm_pool_fill_failed")
                 return
+            self._idle.append(box)
 
     async def warm_up(self) -> None:
-        """Fills the warm pool now (servers call this at start)."""
+        """Fills the pool now (servers call this at start)."""
         self._refill()
         if self._filling is not None:
             await self._filling
@@ -248,20 +229,20 @@ class Sandbox:
         on_output: OutputCallback | None = None,
         network: bool = False,
     ) -> SandboxResult:
-        """Runs one command in a fresh box over ``workspace``."""
+        """Runs one command in the box of ``workspace``."""
         if network and not self.settings.allow_network:
             raise SandboxError("network access is disabled on this server (EXECBOX_ALLOW_NETWORK)")
-        box = self._prestarted.pop(workspace.path, None)
-        if box is not None and box.network != network:
-            box.kill()
-            self._background(box.release())
-            box = None
-        if box is None:
-            box = await self._start_box(workspace, network)
-        try:
+        box = self._boxes.get(workspace.path)
+        if box is not None and box.network == network:
             return await box.run(command, limits, stdin=stdin, on_output=on_output)
+        # A box's namespaces are fixed when it starts: a command that needs the other
+        # kind, or that runs over a workspace not from workspace() (a persistent
+        # sandbox's), gets a box of its own over the same workspace, used once.
+        once = await self._start_box(workspace, network)
+        try:
+            return await once.run(command, limits, stdin=stdin, on_output=on_output)
         finally:
-            self._background(box.release())
+            self._background(once.retire())
 
     async def close(self) -> None:
         self._closed = True
@@ -269,9 +250,7 @@ class Sandbox:
             self._filling.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._filling
-        while self._warm:
-            box = self._warm.popleft()
-            box.kill()
-            self._background(self._teardown(box, box.workspace))
+        while self._idle:
+            self._background(self._free(self._idle.popleft()))
         while self._cleanups:
             await asyncio.gather(*list(self._cleanups), return_exceptions=True)

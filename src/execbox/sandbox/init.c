@@ -1,49 +1,42 @@
 /*
- * execbox-init: the only native code in execbox. Three roles, chosen by argv[1].
+ * execbox-init: the only native code in execbox. Two roles, chosen by argv[1].
  *
  *   execbox-init enter UID GID PROCS_FILE... -- PROGRAM ARGS...
- *       Host side, started as root. Moves itself into the run's cgroups before
+ *       Host side, started as root. Moves itself into the box's cgroups before
  *       anything untrusted exists (so every descendant is accounted and killable),
  *       drops to the unprivileged sandbox uid, sets no_new_privs and execs PROGRAM
  *       (bwrap). Doing this here instead of a Python preexec_fn keeps the spawn on
  *       the fast vfork path of the server.
  *
- *   execbox-init init CMD_FD STATUS_FD STDIN_FD STDOUT_FD STDERR_FD
- *       Inside the sandbox, as PID 1 of its pid namespace (bwrap --as-pid-1).
- *       Being PID 1 makes it immune to signals from the program (kill(-1) and
- *       SIGKILL from inside the namespace do not reach it), so the exit status
- *       it reports cannot be forged or lost. It says "ready", waits for one
- *       command on CMD_FD, forks and execs it, reaps everything, and when the
- *       command's process ends it kills every other process in the namespace and
- *       reports the exact wait status and rusage on STATUS_FD. The program's
- *       stdio pipes arrive on their own fds, not on bwrap's 0/1/2, so that the
- *       program's processes hold the only write ends: the host sees EOF the moment
- *       the last of them is gone, without waiting for the namespaces to be torn down.
- *
- *   execbox-init serve CONTROL_FD
- *       PID 1 of a long-lived sandbox (sandbox/session.py): many commands share its
- *       namespaces, so a server started by one is reachable by the next and by the
- *       preview proxy. Commands arrive on CONTROL_FD, a SOCK_SEQPACKET socket, one
- *       message each, with the program's stdin, stdout and stderr passed as
- *       SCM_RIGHTS; each runs in its own process group, which is killed when its
- *       leader ends or on request. Orphans are reaped; when the host closes the
- *       socket, every process of the sandbox is killed.
+ *   execbox-init serve CONTROL_FD [exclusive]
+ *       PID 1 of a sandbox (bwrap --as-pid-1), which runs the commands the host
+ *       sends. Being PID 1 makes it immune to signals from the program (kill(-1)
+ *       and SIGKILL from inside the namespace do not reach it), so the exit status
+ *       it reports cannot be forged or lost. Commands arrive on CONTROL_FD, a
+ *       SOCK_SEQPACKET socket, one message each, with the program's stdin, stdout
+ *       and stderr passed as SCM_RIGHTS: the program's processes hold the only
+ *       write ends, so the host sees EOF the moment the last of them is gone. Each
+ *       command runs in its own process group; orphans are reaped; when the host
+ *       closes the socket, every process of the sandbox is killed.
+ *         - shared (persistent sandboxes, sandbox/session.py): many commands at once,
+ *           so a server started by one is reachable by the next and by the preview
+ *           proxy; a command's end or kill takes its process group.
+ *         - exclusive (sandbox/box.py): one command at a time, and its end or kill
+ *           takes every other process and System V IPC object of the sandbox, so the
+ *           host can reuse the sandbox for the next command, even someone else's.
  *         host -> init: "run ID\n" COMMAND (+3 fds) | "kill ID\n"
  *         init -> host: "ready\n" | "exit ID STATUS WALL_US UTIME_US STIME_US MAXRSS_KB\n"
- *                       | "error ID MESSAGE\n"
+ *                       | "error ID MESSAGE\n"       (STATUS as from wait4)
  *
- * Command format (written by execbox/sandbox/box.py, closed after writing):
+ * Command format (written by execbox/sandbox/command.py):
  *   "execbox1 ARGC ENVC CPU_S FSIZE NOFILE STACK\n" CWD \0 ARGV... \0 ENV... \0
- * Status lines:
- *   "ready\n"
- *   "exit STATUS WALL_US UTIME_US STIME_US MAXRSS_KB\n"  (STATUS as from wait4)
- *   "error MESSAGE\n"                                    (command malformed)
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <fcntl.h>
@@ -58,6 +51,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <grp.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
 
 #define MAX_COMMAND (4 << 20)
 
@@ -109,32 +105,23 @@ static int enter(int argc, char **argv) {
     return 125;
 }
 
+/* A command too large for one control message comes in a memfd of the host's; NULL when
+ * it is not a plausible one. */
 static char *read_command(int fd, size_t *len_out) {
-    size_t cap = 65536, len = 0;
-    char *buf = malloc(cap + 1);
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_COMMAND) return NULL;
+    size_t len = (size_t)st.st_size;
+    char *buf = malloc(len + 1);
     if (!buf) return NULL;
-    for (;;) {
-        if (len == cap) {
-            if (cap >= MAX_COMMAND) {
-                free(buf);
-                return NULL;
-            }
-            cap *= 2;
-            char *grown = realloc(buf, cap + 1);
-            if (!grown) {
-                free(buf);
-                return NULL;
-            }
-            buf = grown;
-        }
-        ssize_t n = read(fd, buf + len, cap - len);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd, buf + got, len - got, (off_t)got);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
+        if (n <= 0) {
             free(buf);
             return NULL;
         }
-        if (n == 0) break;
-        len += (size_t)n;
+        got += (size_t)n;
     }
     buf[len] = '\0';
     *len_out = len;
@@ -232,65 +219,6 @@ static long long elapsed_us(const struct timespec *t0, const struct timespec *t1
     return (long long)(t1->tv_sec - t0->tv_sec) * 1000000LL + (t1->tv_nsec - t0->tv_nsec) / 1000;
 }
 
-static int init(int argc, char **argv) {
-    if (argc != 7) return 125;
-    int cmd_fd = atoi(argv[2]);
-    int status_fd = atoi(argv[3]);
-    int stdio[3] = {atoi(argv[4]), atoi(argv[5]), atoi(argv[6])};
-    fcntl(cmd_fd, F_SETFD, FD_CLOEXEC);
-    fcntl(status_fd, F_SETFD, FD_CLOEXEC);
-    for (int k = 0; k < 3; k++) fcntl(stdio[k], F_SETFD, FD_CLOEXEC);
-    /* Not dumpable: the program (same uid) cannot open /proc/1/fd to reach our pipes. */
-    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    if (write_all(status_fd, "ready\n", 6) < 0) return 125;
-
-    size_t len = 0;
-    char *cmd = read_command(cmd_fd, &len);
-    close(cmd_fd);
-    struct command c;
-    if (!cmd || parse_command(cmd, len, &c) < 0) {
-        dprintf(status_fd, "error malformed command\n");
-        return 125;
-    }
-
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    pid_t child = fork();
-    if (child < 0) {
-        dprintf(status_fd, "error fork: %s\n", strerror(errno));
-        return 125;
-    }
-    if (child == 0) exec_command(&c, stdio);
-    /* The pipes' ends must close with the program, not with us. */
-    for (int k = 0; k < 3; k++) close(stdio[k]);
-
-    int status = 0;
-    struct rusage usage;
-    memset(&usage, 0, sizeof usage);
-    for (;;) {
-        struct rusage ru;
-        int st;
-        pid_t pid = wait4(-1, &st, 0, &ru);
-        if (pid < 0) {
-            if (errno == EINTR) continue;
-            break;
-        }
-        if (pid == child) {
-            status = st;
-            usage = ru;
-            break;
-        }
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    /* Nothing outlives the command: daemons, orphans and stragglers all go. */
-    kill(-1, SIGKILL);
-    while (wait4(-1, NULL, 0, NULL) > 0 || errno == EINTR) {
-    }
-    dprintf(status_fd, "exit %d %lld %lld %lld %ld\n", status, elapsed_us(&t0, &t1),
-            micros(&usage.ru_utime), micros(&usage.ru_stime), usage.ru_maxrss);
-    return 0;
-}
-
 /* ---- serve: PID 1 of a long-lived sandbox -------------------------------------------- */
 
 #define MAX_JOBS 1024
@@ -304,6 +232,8 @@ struct job {
 
 static struct job jobs[MAX_JOBS];
 static int njobs;
+/* One command at a time, and nothing of it survives its end (see "exclusive" above). */
+static int exclusive;
 
 static void reply(int ctl, const char *fmt, ...) {
     char line[512];
@@ -314,8 +244,41 @@ static void reply(int ctl, const char *fmt, ...) {
     if (n > 0) send(ctl, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1), MSG_NOSIGNAL);
 }
 
-/* Reaps every ended child; a command's end is reported and the rest of its group killed,
- * so nothing it left behind holds its output pipes open. Orphans are reaped silently. */
+/* Removes every System V IPC object of the namespace. They outlive processes; in an
+ * exclusive sandbox the next command may be someone else's. Every object was made by
+ * the sandbox uid, which may remove it whatever its mode. */
+static void remove_sysv_ipc(void) {
+    static const char *const tables[] = {"/proc/sysvipc/shm", "/proc/sysvipc/sem",
+                                         "/proc/sysvipc/msg"};
+    for (int t = 0; t < 3; t++) {
+        FILE *f = fopen(tables[t], "re");
+        if (!f) continue;
+        char line[512];
+        long long key;
+        int id;
+        if (!fgets(line, sizeof line, f)) line[0] = '\0'; /* the header */
+        while (fgets(line, sizeof line, f)) {
+            if (sscanf(line, "%lld %d", &key, &id) != 2) continue;
+            if (t == 0) shmctl(id, IPC_RMID, NULL);
+            else if (t == 1) semctl(id, 0, IPC_RMID);
+            else msgctl(id, IPC_RMID, NULL);
+        }
+        fclose(f);
+    }
+}
+
+/* Exclusive mode: the command is over, so is everything it started, daemons and
+ * setsid escapees included (PID 1's kill(-1) reaches every process but itself). */
+static void end_everything(void) {
+    kill(-1, SIGKILL);
+    while (wait4(-1, NULL, 0, NULL) > 0 || errno == EINTR) {
+    }
+    remove_sysv_ipc();
+}
+
+/* Reaps every ended child; a command's end is reported and the rest of its group killed
+ * (in exclusive mode: every other process), so nothing it left behind holds its output
+ * pipes open. Orphans are reaped silently. */
 static void reap(int ctl) {
     for (;;) {
         struct rusage ru;
@@ -329,7 +292,11 @@ static void reap(int ctl) {
             if (jobs[k].pid != pid) continue;
             struct timespec t1;
             clock_gettime(CLOCK_MONOTONIC, &t1);
-            kill(-pid, SIGKILL);
+            if (exclusive) {
+                end_everything();
+            } else {
+                kill(-pid, SIGKILL);
+            }
             reply(ctl, "exit %ld %d %lld %lld %lld %ld\n", jobs[k].id, st,
                   elapsed_us(&jobs[k].t0, &t1), micros(&ru.ru_utime), micros(&ru.ru_stime),
                   ru.ru_maxrss);
@@ -346,7 +313,7 @@ static void start_job(int ctl, long id, char *request, size_t len, const int *fd
         reply(ctl, "error %ld malformed command\n", id);
         return;
     }
-    if (njobs == MAX_JOBS) {
+    if (njobs == (exclusive ? 1 : MAX_JOBS)) {
         reply(ctl, "error %ld too many commands at once\n", id);
     } else {
         struct timespec t0;
@@ -370,13 +337,14 @@ static void start_job(int ctl, long id, char *request, size_t len, const int *fd
 
 static void kill_job(long id) {
     for (int k = 0; k < njobs; k++) {
-        if (jobs[k].id == id) kill(-jobs[k].pid, SIGKILL);
+        if (jobs[k].id == id) kill(exclusive ? -1 : -jobs[k].pid, SIGKILL);
     }
 }
 
 static int serve(int argc, char **argv) {
-    if (argc != 3) return 125;
+    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "exclusive") == 0)) return 125;
     int ctl = atoi(argv[2]);
+    exclusive = argc == 4;
     /* Only the control socket is ours to keep; whatever else came through bwrap would
      * leak into every command. */
     for (int fd = 3; fd < 1024; fd++) {
@@ -405,7 +373,7 @@ static int serve(int argc, char **argv) {
             reap(ctl);
         }
         if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-        char cbuf[CMSG_SPACE(3 * sizeof(int))];
+        char cbuf[CMSG_SPACE(4 * sizeof(int))];
         struct iovec iov = {.iov_base = buf, .iov_len = MAX_MESSAGE};
         struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
                              .msg_controllen = sizeof cbuf};
@@ -413,22 +381,32 @@ static int serve(int argc, char **argv) {
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break; /* the host is gone: so is the sandbox */
         buf[n] = '\0';
-        int fds[3], nfds = 0;
+        int fds[4], nfds = 0;
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
             if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
                 nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-                if (nfds > 3) nfds = 3;
+                if (nfds > 4) nfds = 4;
                 memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
             }
         }
         long id = 0;
         char *nl = memchr(buf, '\n', (size_t)n);
         if (nl && sscanf(buf, "run %ld", &id) == 1) {
-            start_job(ctl, id, nl + 1, (size_t)(buf + n - (nl + 1)), fds, nfds);
+            if (nfds == 4) { /* stdin, stdout, stderr and the command's memfd */
+                size_t len = 0;
+                char *request = read_command(fds[3], &len);
+                if (request) {
+                    start_job(ctl, id, request, len, fds, 3);
+                    free(request);
+                } else {
+                    reply(ctl, "error %ld malformed command\n", id);
+                }
+            } else {
+                start_job(ctl, id, nl + 1, (size_t)(buf + n - (nl + 1)), fds, nfds);
+            }
         } else if (sscanf(buf, "kill %ld", &id) == 1) {
             kill_job(id);
         }
-        /* The program's ends now belong to its process only. */
         for (int k = 0; k < nfds; k++) close(fds[k]);
     }
     kill(-1, SIGKILL);
@@ -437,8 +415,7 @@ static int serve(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "enter") == 0) return enter(argc, argv);
-    if (argc >= 2 && strcmp(argv[1], "init") == 0) return init(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "serve") == 0) return serve(argc, argv);
-    fprintf(stderr, "execbox-init: internal helper of execbox; roles: enter, init, serve\n");
+    fprintf(stderr, "execbox-init: internal helper of execbox; roles: enter, serve\n");
     return 125;
 }

@@ -1,11 +1,14 @@
-"""A long-lived sandbox: one set of namespaces, one cgroup, one workspace, many commands.
+"""A started sandbox: one set of namespaces, one workspace, many commands.
 
-One-shot runs use a box per command (box.py). A persistent sandbox instead keeps
-execbox-init's ``serve`` role running as PID 1 (see init.c), so a server started
-by one command is reachable by the next and by the preview proxy. Each command
-gets its own stdio pipes, passed to init over a SOCK_SEQPACKET socket, and its
-own process group; the cgroup caps memory, pids and CPU of all of them together,
-and the tmpfs size caps their disk.
+execbox-init's ``serve`` role runs as PID 1 (see init.c) and starts the commands
+the host sends. Each command gets its own stdio pipes, passed to init over a
+SOCK_SEQPACKET socket, and its own process group. Two kinds use it:
+
+- persistent sandboxes (shared): commands run side by side, so a server started by
+  one is reachable by the next and by the preview proxy; the cgroup caps memory,
+  pids and CPU of all of them together, and the tmpfs size caps their disk;
+- executions (exclusive, box.py): one command at a time, accounted in a cgroup of
+  its own, and nothing of it outlives its end, so the sandbox can be reused.
 
     session = await open_session(sandbox, SessionLimits(...))
     proc = await session.exec(Command(["/bin/sh", "-c", "echo hi"]), command_limits(30))
@@ -21,33 +24,41 @@ import math
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from execbox.models import Verdict
-from execbox.sandbox.box import (
+from execbox.sandbox.bwrap import INIT_PATH, bwrap_options
+from execbox.sandbox.cgroups import CgroupStats, RunCgroup
+from execbox.sandbox.command import (
     KILL_GRACE_S,
     READ_CHUNK,
     SANDBOX_OWN_PROCESSES,
-    SECCOMP_FD,
-    START_TIMEOUT_S,
+    CappedOutput,
     Command,
     OutputCallback,
     SandboxLimits,
     SandboxResult,
-    _Capped,
+    StdinSource,
     encode_command,
     make_result,
 )
-from execbox.sandbox.bwrap import INIT_PATH, bwrap_options
-from execbox.sandbox.cgroups import CgroupStats, RunCgroup
-from execbox.sandbox.engine import Sandbox, _owned_name
 from execbox.sandbox.errors import SandboxError
+from execbox.sandbox.names import owned_name
 from execbox.sandbox.spawn import Spawned, read_pipe, write_pipe
 from execbox.sandbox.workspace import Workspace
 
+if TYPE_CHECKING:
+    from execbox.sandbox.engine import Sandbox
+
 CONTROL_FD = 3
-# A control message carries the whole command request; init reads at most 256 KiB.
-MAX_REQUEST = 128 << 10
+SECCOMP_FD = 4
+START_TIMEOUT_S = 10
+# A request this small travels in its control message (init reads at most 256 KiB);
+# a larger one in a memfd passed with it, up to init's limit.
+MAX_INLINE_REQUEST = 128 << 10
+MAX_REQUEST = 4 << 20
 STACK_CAP = 256 << 20
 
 
@@ -97,10 +108,15 @@ class Process:
         self._task: asyncio.Task[SandboxResult] | None = None
 
     def _start(
-        self, limits: SandboxLimits, on_output: OutputCallback | None, capture: bool
+        self,
+        limits: SandboxLimits,
+        on_output: OutputCallback | None,
+        capture: bool,
+        stdin: StdinSource,
+        accounting: RunCgroup | None,
     ) -> None:
         self._task = asyncio.get_running_loop().create_task(
-            self._supervise(limits, on_output, capture)
+            self._supervise(limits, on_output, capture, stdin, accounting)
         )
 
     @property
@@ -129,30 +145,41 @@ class Process:
                 self.session._send(f"kill {self.id}\n".encode())
 
     async def _supervise(
-        self, limits: SandboxLimits, on_output: OutputCallback | None, capture: bool
+        self,
+        limits: SandboxLimits,
+        on_output: OutputCallback | None,
+        capture: bool,
+        stdin: StdinSource,
+        accounting: RunCgroup | None,
     ) -> SandboxResult:
-        out = _Capped("stdout", limits.output_bytes if capture else 0, None)
-        err = _Capped("stderr", limits.output_bytes if capture else 0, None)
+        """Runs the command to its end. With ``accounting`` (the command's own cgroup),
+        its CPU time is watched and its stats come from there; otherwise from init's
+        rusage of the command's process."""
+        out = CappedOutput("stdout", limits.output_bytes if capture else 0, None)
+        err = CappedOutput("stderr", limits.output_bytes if capture else 0, None)
 
-        async def pump(reader: asyncio.StreamReader, sink: _Capped) -> None:
+        async def pump(reader: asyncio.StreamReader, sink: CappedOutput) -> None:
             while chunk := await reader.read(READ_CHUNK):
                 if on_output is not None:
                     on_output(sink.name, chunk)
                 if capture and not sink.add(chunk):
                     self.kill(Verdict.OUTPUT_LIMIT)
 
-        oom_before = self.session.cgroup.stats().oom_kills
+        oom_before = self.session.cgroup.stats().oom_kills if accounting is None else 0
         started = time.monotonic()
         pumps = [
             asyncio.create_task(pump(r, s)) for r, s in zip(self._streams, (out, err), strict=True)
         ]
+        helpers = [] if stdin is None else [asyncio.create_task(self._feed(stdin))]
+        if accounting is not None and math.isfinite(limits.cpu_time_s):
+            helpers.append(asyncio.create_task(self._watch_cpu(accounting, limits.cpu_time_s)))
         timeout = None if math.isinf(limits.wall_time_s) else limits.wall_time_s
         try:
             try:
                 line = await asyncio.wait_for(asyncio.shield(self._status), timeout)
             except TimeoutError:
                 self.kill(Verdict.TIME_LIMIT)  # E2B #500: a timeout must end the process
-                line = await self._status
+                line = await self._status_after_kill()
             # The group was killed with its leader; what escaped it (setsid) must not
             # hold the result back: its pipes are abandoned after a grace period.
             try:
@@ -160,18 +187,59 @@ class Process:
             except TimeoutError:
                 await asyncio.gather(*(self._cancel(t) for t in pumps))
         finally:
-            for task in pumps:
+            for task in (*pumps, *helpers):
                 task.cancel()
             self.close_stdin()
-        fields = line.split()
-        usage = [int(f) for f in fields[3:5]] if len(fields) == 6 else [0, 0]
-        stats = CgroupStats(
-            cpu_ns=sum(usage) * 1000,
-            memory_peak_bytes=int(fields[5]) * 1024 if len(fields) == 6 else 0,
-            oom_kills=self._oom_since(oom_before),
-        )
+        if accounting is not None:
+            try:
+                stats = accounting.stats()
+            except OSError:  # the box was killed and freed meanwhile (a cancel)
+                stats = CgroupStats(0, 0, 0)
+        else:
+            fields = line.split()
+            usage = [int(f) for f in fields[3:5]] if len(fields) == 6 else [0, 0]
+            stats = CgroupStats(
+                cpu_ns=sum(usage) * 1000,
+                memory_peak_bytes=int(fields[5]) * 1024 if len(fields) == 6 else 0,
+                oom_kills=self._oom_since(oom_before),
+            )
         host_wall = time.monotonic() - started
         return make_result(line, stats, limits, out, err, self._killed_for, host_wall)
+
+    async def _status_after_kill(self) -> bytes:
+        """init reports a killed command at once; an exclusive sandbox whose init does
+        not (OOM-killed, say) is killed whole, which ends the command too."""
+        if not self.session.exclusive:
+            return await self._status
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._status), KILL_GRACE_S)
+        except TimeoutError:
+            self.session.kill()
+            return await self._status
+
+    async def _feed(self, stdin: bytes | AsyncIterator[bytes]) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if isinstance(stdin, bytes):
+                if stdin:
+                    await self.write(stdin)
+            else:
+                async for chunk in stdin:
+                    await self.write(chunk)
+        self.close_stdin()
+
+    async def _watch_cpu(self, cgroup: RunCgroup, limit_s: float) -> None:
+        limit_ns = int(limit_s * 1e9)
+        cores = len(os.sched_getaffinity(0)) or 1
+        while True:
+            try:
+                left = limit_ns - cgroup.cpu_ns()
+            except OSError:  # the box was killed and freed meanwhile
+                return
+            if left <= 0:
+                self.kill(Verdict.TIME_LIMIT)
+                return
+            # CPU time accrues at most `cores` seconds per second: sleep until it could end.
+            await asyncio.sleep(max(0.005, left / 1e9 / cores))
 
     def _oom_since(self, before: int) -> int:
         try:
@@ -195,12 +263,17 @@ class Session:
         cgroup: RunCgroup,
         workspace: Workspace,
         control: socket.socket,
-        limits: SessionLimits,
+        *,
+        network: bool,
+        exclusive: bool,
     ) -> None:
         self.proc = proc
         self.cgroup = cgroup
         self.workspace = workspace
-        self.limits = limits
+        self.network = network
+        self.exclusive = exclusive
+        self._limits: SessionLimits | None = None
+        self.init_pid = 0  # execbox-init's pid on the host, once started
         self._control = control
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running: dict[int, Process] = {}
@@ -211,11 +284,15 @@ class Session:
 
     @classmethod
     async def start(
-        cls, sandbox: Sandbox, limits: SessionLimits, workspace: Workspace, cgroup: RunCgroup
+        cls,
+        sandbox: Sandbox,
+        workspace: Workspace,
+        cgroup: RunCgroup,
+        *,
+        network: bool = False,
+        exclusive: bool = False,
     ) -> Session:
-        cgroup.set_limits(
-            limits.memory_bytes, limits.processes + SANDBOX_OWN_PROCESSES, limits.cpus
-        )
+        """bwrap with execbox-init serving in it, in ``cgroup`` (limits already set)."""
         host, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         host.setblocking(False)
         seccomp_fd = os.open(sandbox.seccomp_file, os.O_RDONLY | os.O_CLOEXEC)
@@ -223,22 +300,24 @@ class Session:
         argv = [
             str(sandbox.view.init_binary), "enter",
             str(settings.sandbox_uid), str(settings.sandbox_gid), *cgroup.procs_files, "--",
-            *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, network=False,
+            *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, network=network,
                            seccomp_fd=SECCOMP_FD),
-            "--", INIT_PATH, "serve", str(CONTROL_FD),
+            "--", INIT_PATH, "serve", str(CONTROL_FD), *(["exclusive"] if exclusive else []),
         ]  # fmt: skip
         try:
             # Commands get stdio pipes of their own, over the control socket.
-            proc = await Spawned.start(
-                argv, None, {CONTROL_FD: inside.detach(), SECCOMP_FD: seccomp_fd}
-            )
+            proc = await Spawned.start(argv, {CONTROL_FD: inside.detach(), SECCOMP_FD: seccomp_fd})
         except BaseException:
             host.close()
             raise
-        session = cls(proc, cgroup, workspace, host, limits)
+        session = cls(proc, cgroup, workspace, host, network=network, exclusive=exclusive)
         try:
             await asyncio.wait_for(asyncio.shield(session._ready), START_TIMEOUT_S)
-            session.netns_fd = session._open_netns()
+            session.init_pid = session._find_init()
+            if not exclusive:
+                session.netns_fd = os.open(
+                    f"/proc/{session.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC
+                )
         except (TimeoutError, SandboxError, OSError) as exc:
             session.kill()
             await proc.exited
@@ -246,17 +325,30 @@ class Session:
             raise SandboxError(f"the sandbox did not start: {stderr or exc}") from exc
         return session
 
-    def set_limits(self, limits: SessionLimits) -> None:
-        """New limits for a session started ahead of use (a warm pool's)."""
-        self.cgroup.set_limits(limits.memory_bytes, limits.processes, limits.cpus)
-        self.workspace.resize(limits.disk_mb)
-        self.limits = limits
+    @property
+    def busy(self) -> bool:
+        """Whether a command is running."""
+        return bool(self._running)
 
-    def _open_netns(self) -> int:
-        """The network namespace of init (the process of the cgroup that is not bwrap)."""
+    @property
+    def limits(self) -> SessionLimits:
+        """The limits all commands of a persistent sandbox share."""
+        if self._limits is None:
+            raise SandboxError("this sandbox's commands have limits of their own")
+        return self._limits
+
+    def set_limits(self, limits: SessionLimits) -> None:
+        self.cgroup.set_limits(
+            limits.memory_bytes, limits.processes + SANDBOX_OWN_PROCESSES, limits.cpus
+        )
+        self.workspace.resize(limits.disk_mb)
+        self._limits = limits
+
+    def _find_init(self) -> int:
+        """init's pid: the process of the cgroup that is not bwrap."""
         for pid in self.cgroup.pids():
             if pid != self.proc.pid:
-                return os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                return pid
         raise SandboxError("the sandbox's init process is missing")
 
     # -- control channel -------------------------------------------------------
@@ -317,24 +409,35 @@ class Session:
         *,
         on_output: OutputCallback | None = None,
         capture: bool = True,
+        stdin: StdinSource = None,
+        accounting: RunCgroup | None = None,
     ) -> Process:
         """Starts a command. ``capture`` keeps its output (up to the output cap, which
-        kills it when passed) for the result; servers stream it to ``on_output`` only."""
+        kills it when passed) for the result; servers stream it to ``on_output`` only.
+        Given ``stdin`` is fed and closed; without it, the caller writes to the process.
+        ``accounting``: the command's own cgroup (exclusive sandboxes)."""
         request = encode_command(command, limits)
         if len(request) > MAX_REQUEST:
             raise SandboxError(f"the command is too large (over {MAX_REQUEST} bytes)")
         cid = next(self._ids)
+        message = f"run {cid}\n".encode()
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        given = [stdin_r, stdout_w, stderr_w]
         try:
+            if len(request) <= MAX_INLINE_REQUEST:
+                message += request
+            else:
+                given.append(os.memfd_create("execbox-command", os.MFD_CLOEXEC))
+                _write_all(given[-1], request)
             # Registered before it is sent: a quick command's exit may arrive at once.
             proc = Process(
                 self, cid, await write_pipe(stdin_w), await read_pipe(stdout_r),
                 await read_pipe(stderr_r),
             )  # fmt: skip
             self._running[cid] = proc
-            self._send(f"run {cid}\n".encode() + request, [stdin_r, stdout_w, stderr_w])
+            self._send(message, given)
         except BaseException:
             unsent = self._running.pop(cid, None)
             if unsent is not None:
@@ -342,20 +445,16 @@ class Session:
             raise
         finally:
             # The program's ends now live in init (and its child) only: EOF comes with it.
-            for fd in (stdin_r, stdout_w, stderr_w):
+            for fd in given:
                 os.close(fd)
-        proc._start(limits, on_output, capture)
+        proc._start(limits, on_output, capture, stdin, accounting)
         return proc
 
     async def run(
         self, command: Command, limits: SandboxLimits, *, stdin: bytes | None = None
     ) -> SandboxResult:
         """Runs a command to its end, like a one-shot run."""
-        proc = await self.exec(command, limits)
-        if stdin:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await proc.write(stdin)
-        proc.close_stdin()
+        proc = await self.exec(command, limits, stdin=stdin or b"")
         return await proc.wait()
 
     # -- the end ------------------------------------------------------------------
@@ -366,8 +465,8 @@ class Session:
         self.proc.kill()
         self._ended()
 
-    async def close(self) -> None:
-        """Kills everything, then frees the cgroup and the workspace (its disk)."""
+    async def shutdown(self) -> None:
+        """Kills everything and frees the cgroup; the workspace stays."""
         self.kill()
         await self.proc.exited
         self.proc.close()
@@ -375,7 +474,17 @@ class Session:
             os.close(self.netns_fd)
             self.netns_fd = -1
         await self.cgroup.remove_async()
-        self.workspace.destroy()
+
+    async def close(self) -> None:
+        """Kills everything, then frees the cgroup and the workspace (its disk)."""
+        await self.shutdown()
+        await asyncio.to_thread(self.workspace.destroy)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 async def open_session(sandbox: Sandbox, limits: SessionLimits) -> Session:
@@ -383,18 +492,20 @@ async def open_session(sandbox: Sandbox, limits: SessionLimits) -> Session:
     # Names say which process owns them, so the engine's start-up sweep frees them
     # after a crash like any other workspace and cgroup.
     workspace = Workspace.create(
-        sandbox.settings.workspaces_dir / _owned_name(),
+        sandbox.settings.workspaces_dir / owned_name(),
         sandbox.settings.sandbox_uid,
         sandbox.settings.sandbox_gid,
         limits.disk_mb,
     )
     try:
-        cgroup = sandbox.cgroups.create(_owned_name())
+        cgroup = sandbox.cgroups.create(owned_name())
     except BaseException:
         workspace.destroy()
         raise
     try:
-        return await Session.start(sandbox, limits, workspace, cgroup)
+        session = await Session.start(sandbox, workspace, cgroup)
+        session.set_limits(limits)
+        return session
     except BaseException:
         with contextlib.suppress(OSError):
             await cgroup.remove_async()

@@ -29,11 +29,11 @@ def _above_targets(fd: int) -> int:
 
 
 class Spawned:
-    """A child whose own stdio is /dev/null plus an error pipe, optionally carrying a
-    program's stdin/stdout/stderr pipes (and other fds) at chosen numbers.
+    """A child whose own stdio is /dev/null plus an error pipe, with more fds of ours
+    at chosen numbers.
 
-    Every pipe end of ours is owned by one asyncio transport from the moment the child
-    exists, and ``close()`` closes them all: an fd number is never closed twice, which
+    The error pipe's end of ours is owned by an asyncio transport from the moment the
+    child exists, and ``close()`` closes it: an fd number is never closed twice, which
     in a server would close whatever socket reused it.
     """
 
@@ -42,43 +42,20 @@ class Spawned:
         pid: int,
         exited: asyncio.Future[int],
         errors: asyncio.StreamReader,
-        transports: list[asyncio.BaseTransport],
-        stdin: asyncio.StreamWriter | None = None,
-        stdout: asyncio.StreamReader | None = None,
-        stderr: asyncio.StreamReader | None = None,
+        transport: asyncio.BaseTransport,
     ) -> None:
         self.pid = pid
         self.exited = exited
         self.errors = errors  # the child's own stderr (bwrap's complaints)
-        self._transports = transports
-        self.stdin = stdin
-        self.stdout = stdout
-        self.stderr = stderr
+        self._transport = transport
 
     @classmethod
-    async def start(
-        cls,
-        argv: Sequence[str],
-        stdio_fds: tuple[int, int, int] | None,
-        child_fds: dict[int, int],
-    ) -> Spawned:
-        """Starts argv with an empty environment in a new session.
-
-        With stdio_fds, the program's stdin, stdout and stderr pipes are given at
-        those numbers; child_fds maps more numbers (> 2) to fds of ours, which are
-        closed here once the child has them.
-        """
+    async def start(cls, argv: Sequence[str], child_fds: dict[int, int]) -> Spawned:
+        """Starts argv with an empty environment in a new session; child_fds maps
+        numbers (> 2) to fds of ours, which are closed here once the child has them."""
         loop = asyncio.get_running_loop()
         errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
-        ours = [errors_r]  # parent ends, in the order they are wrapped below
-        give = {2: errors_w, **child_fds}
-        if stdio_fds is not None:
-            stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-            stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-            stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-            ours += [stdout_r, stderr_r, stdin_w]
-            give.update(zip(stdio_fds, (stdin_r, stdout_w, stderr_w), strict=True))
-        give = {target: _above_targets(fd) for target, fd in give.items()}
+        give = {target: _above_targets(fd) for target, fd in {2: errors_w, **child_fds}.items()}
         devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1)]
         try:
             pid = os.posix_spawn(  # noqa: ASYNC221 - vfork: returns once the child has exec'd
@@ -92,37 +69,22 @@ class Spawned:
                 setsid=True,
             )
         except BaseException:
-            for fd in ours:
-                os.close(fd)
+            os.close(errors_r)
             raise
         finally:
             for fd in give.values():
                 os.close(fd)
-        # From here on the numbers in `ours` belong to file objects, never to ints.
-        files = [os.fdopen(fd, "wb" if i == 3 else "rb", 0) for i, fd in enumerate(ours)]
+        # From here on the number belongs to a file object, never to an int.
+        errors_file = os.fdopen(errors_r, "rb", 0)
         exited = _watch_exit(loop, pid)
-        transports: list[asyncio.BaseTransport] = []
         try:
-            readers = []
-            for file in files[:3]:
-                reader, transport = await _reader(loop, file)
-                transports.append(transport)
-                readers.append(reader)
-            stdin = None
-            if len(files) == 4:
-                stdin = await _writer(loop, files[3])
-                transports.append(stdin.transport)
+            errors, transport = await _reader(loop, errors_file)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            for transport in transports:
-                transport.close()
-            for file in files[len(transports) :]:
-                file.close()
+            errors_file.close()
             raise
-        errors, *program = readers
-        stdout, stderr = program if program else (None, None)
-        return cls(pid, exited, errors, transports, stdin, stdout, stderr)
+        return cls(pid, exited, errors, transport)
 
     def kill(self) -> None:
         if not self.exited.done():
@@ -130,9 +92,8 @@ class Spawned:
                 os.kill(self.pid, signal.SIGKILL)
 
     def close(self) -> None:
-        """Closes every pipe of ours (after the child is gone: its output is drained)."""
-        for transport in self._transports:
-            transport.close()
+        """Closes the error pipe (after the child is gone: its output is drained)."""
+        self._transport.close()
 
 
 def _watch_exit(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[int]:

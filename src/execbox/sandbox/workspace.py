@@ -28,7 +28,7 @@ MNT_DETACH = 0x2
 MAX_PATH_DEPTH = 64
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class WorkspacePathError(ValueError):
@@ -96,6 +96,11 @@ class Workspace:
             _mount_tmpfs(self.path, self._options(self.uid, self.gid, size_mb), MS_REMOUNT)
             self.size_mb = size_mb
 
+    def clear(self) -> None:
+        """Removes everything in the workspace (between two uses of it)."""
+        with self._dir([]) as fd:
+            empty_dir(fd)
+
     def destroy(self) -> None:
         _libc.umount2(os.fsencode(self.path), MNT_DETACH)
         with contextlib.suppress(FileNotFoundError):
@@ -106,7 +111,7 @@ class Workspace:
     @contextlib.contextmanager
     def _dir(self, parts: list[str], *, create: bool = False) -> Iterator[int]:
         """A descriptor of the directory at ``parts``, reached without following links."""
-        fd = os.open(self.path, _DIR_FLAGS)
+        fd = os.open(self.path, DIR_FLAGS)
         try:
             for part in parts:
                 if create:
@@ -114,7 +119,7 @@ class Workspace:
                         os.mkdir(part, 0o755, dir_fd=fd)
                         os.chown(part, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
                 try:
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
                 except (NotADirectoryError, OSError) as exc:
                     raise WorkspacePathError(f"{part!r} is not a directory") from exc
                 os.close(fd)
@@ -192,21 +197,9 @@ class Workspace:
         with self._dir(dirs) as dfd:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                self._remove_tree(dfd, name)
+                _remove_tree(dfd, name)
             else:
                 os.unlink(name, dir_fd=dfd)
-
-    def _remove_tree(self, parent_fd: int, name: str) -> None:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        try:
-            for entry in os.scandir(fd):
-                if entry.is_dir(follow_symlinks=False):
-                    self._remove_tree(fd, entry.name)
-                else:
-                    os.unlink(entry.name, dir_fd=fd)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=parent_fd)
 
     def list_dir(self, path: str = "") -> list[Entry]:
         with self._dir(split_path(path)) as dfd:
@@ -221,3 +214,21 @@ class Workspace:
                 )  # fmt: skip
                 entries.append(Entry(entry.name, kind, st.st_size, st.st_mtime))
         return sorted(entries, key=lambda e: e.name)
+
+
+def empty_dir(fd: int) -> None:
+    """Removes everything in the directory open at ``fd``, following no link."""
+    for entry in os.scandir(fd):
+        if entry.is_dir(follow_symlinks=False):
+            _remove_tree(fd, entry.name)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
+
+
+def _remove_tree(parent_fd: int, name: str) -> None:
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        empty_dir(fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
