@@ -25,7 +25,6 @@ from execbox.events import EventBus, Lagged, Subscription
 from execbox.models import ErrorInfo, ExecutionRequest, ExecutionResult, LanguageRef, Status
 from execbox.queue import JobQueue
 from execbox.store import TERMINAL, EventKind, Job, JobEvent, JobStore, utcnow
-from execbox.store.schema import jobs as jobs_table
 
 # The reason on the first status event of a job whose stdin is a live connection
 # (WS /v1/executions/interactive): such a job cannot run again without it.
@@ -120,10 +119,12 @@ class JobService:
         *,
         allowed_from: Iterable[Status] | None = None,
         fence: int | None = None,
+        new_attempt: bool = False,
         **values: Any,
     ) -> Job:
         """Persists, then publishes. ``allowed_from`` narrows the legal sources; ``fence``
-        (an attempt number) makes the write conditional on the job still being at it."""
+        (an attempt number) makes the write conditional on the job still being at it;
+        ``new_attempt`` counts a start of the job."""
         expected = sources_of(target) & frozenset(allowed_from or sources_of(target))
         finished = target in TERMINAL
         now = utcnow()
@@ -133,7 +134,13 @@ class JobService:
         if finished:
             events.append(JobEvent(EventKind.RESULT, at=now))
         changed = await self.store.transition(
-            job_id, expected=expected, status=target, events=events, fence=fence, **values
+            job_id,
+            expected=expected,
+            status=target,
+            events=events,
+            fence=fence,
+            new_attempt=new_attempt,
+            **values,
         )
         if changed is None:
             current = await self.get(job_id)
@@ -181,8 +188,8 @@ class JobService:
             return await self._transition(
                 job_id,
                 Status.RUNNING,
+                new_attempt=True,
                 started_at=utcnow(),
-                attempts=jobs_table.c.attempts + 1,
                 worker_id=worker_id,
                 heartbeat_at=utcnow(),
             )

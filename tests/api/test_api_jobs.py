@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from api_kit import drop_schema
 
 from execbox.events import Lagged, LocalEventBus, Subscription
@@ -17,6 +19,7 @@ from execbox.jobs import INTERACTIVE, IllegalTransition, JobService, new_job_id
 from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage, Status, Verdict
 from execbox.queue import LocalQueue
 from execbox.store import Database, EventKind, Job, JobEvent, JobStore, utcnow
+from execbox.store.wal import CHECKPOINT_EVERY, WalCheckpointer
 
 LANG = LanguageRef(name="python", version="3")
 REQUEST = ExecutionRequest(language="python", code="print(1)")
@@ -178,3 +181,31 @@ async def test_a_lagging_subscriber_is_told_and_catches_up_from_the_store(
     lagging.deliver(JobEvent(EventKind.STATUS))
     result = await jobs.wait(job.id, lagging)
     assert result.run is not None and result.run.stdout == "done\n"
+
+
+async def test_the_sqlite_log_is_checkpointed_in_a_thread_not_by_a_commit(tmp_path: Path) -> None:
+    # The serving connection never checkpoints: the commit that did would stall the loop.
+    db = Database(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        async with db.read() as conn:
+            assert (await conn.execute(sa.text("PRAGMA wal_autocheckpoint"))).scalar() == 0
+    finally:
+        await db.close()
+
+    # The checkpointer copies the log into the database file every CHECKPOINT_EVERY writes.
+    path = tmp_path / "log.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x TEXT)")
+    size = path.stat().st_size
+    checkpointer = WalCheckpointer(str(path))
+    try:
+        for _ in range(CHECKPOINT_EVERY):
+            assert path.stat().st_size == size  # the writes are all in the log so far
+            writer.execute("INSERT INTO t VALUES (?)", ("x" * 1000,))
+            checkpointer.written()
+        await checkpointer.close()  # waits for the checkpoint the last write started
+        assert path.stat().st_size > size
+    finally:
+        writer.close()

@@ -26,6 +26,8 @@ from alembic.config import Config
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from execbox.store.wal import WalCheckpointer
+
 T = TypeVar("T")
 
 SQLITE_PRAGMAS = (
@@ -35,6 +37,8 @@ SQLITE_PRAGMAS = (
     # crash; only an OS crash may drop the last transactions. FULL would fsync per job.
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
+    # Checkpoints are taken in a thread instead (wal.py): inline, one stalls a commit.
+    "PRAGMA wal_autocheckpoint=0",
 )
 # Serializes migrations of several processes starting at once on one PostgreSQL.
 _MIGRATION_LOCK_ID = 0x65786563626F78
@@ -64,9 +68,14 @@ class _InlineConnection:
         return fn(self._conn)
 
 
+def _sqlite_file(url: URL) -> str | None:
+    """The path of an SQLite database in a file (None in memory)."""
+    return url.database if url.database and url.database != ":memory:" else None
+
+
 def _sqlite_engine(url: URL) -> sa.Engine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if path := _sqlite_file(url):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     # One connection is enough: nothing runs beside a transaction in this process.
     engine = sa.create_engine(
         url.set(drivername="sqlite+pysqlite"),
@@ -99,6 +108,10 @@ class Database:
         self.schema = schema
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._sqlite: sa.Engine | None = None
+        # The one SQLite connection, checked out once: a pool checkout and its
+        # reset-on-return per transaction cost more than a small transaction itself.
+        self._sqlite_conn: sa.Connection | None = None
+        self._checkpointer: WalCheckpointer | None = None
         self._async: AsyncEngine | None = None
         # Held across each SQLite transaction (taken at once when free, which is always
         # unless a caller awaits real I/O inside one): without it, a second transaction
@@ -106,6 +119,8 @@ class Database:
         self._sqlite_lock = asyncio.Lock()
         if self.is_sqlite:
             self._sqlite = _sqlite_engine(self.url)
+            if path := _sqlite_file(self.url):
+                self._checkpointer = WalCheckpointer(path)
         else:
             connect_args: dict[str, Any] = {}
             if schema:
@@ -127,24 +142,36 @@ class Database:
             async with self._async.begin() as conn:
                 yield conn
 
+    def _sqlite_connection(self) -> sa.Connection:
+        assert self._sqlite is not None
+        if self._sqlite_conn is None or self._sqlite_conn.invalidated:
+            self._sqlite_conn = self._sqlite.connect()
+        return self._sqlite_conn
+
     @contextlib.contextmanager
     def _sqlite_transaction(self) -> Iterator[sa.Connection]:
-        assert self._sqlite is not None
-        with self._sqlite.connect() as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+        conn = self._sqlite_connection()
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        if self._checkpointer is not None:
+            self._checkpointer.written()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
         if self._sqlite is not None:
             async with self._sqlite_lock:
-                with self._sqlite.connect() as conn:
+                conn = self._sqlite_connection()
+                try:
                     yield _InlineConnection(conn)
+                finally:
+                    # Ends SQLAlchemy's implicit transaction; at the driver, in
+                    # autocommit, there is none.
+                    conn.rollback()
         else:
             assert self._async is not None
             async with self._async.connect() as conn:
@@ -164,6 +191,11 @@ class Database:
             await conn.run_sync(_upgrade)
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
+        if self._sqlite_conn is not None:
+            self._sqlite_conn.close()
+            self._sqlite_conn = None
         if self._sqlite is not None:
             self._sqlite.dispose()
         if self._async is not None:

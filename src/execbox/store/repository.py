@@ -1,9 +1,17 @@
 """Queries on jobs and their event log. Every change of a job and the events it
-produces are written in one transaction, the events numbered in order per job."""
+produces are written in one transaction, the events numbered in order per job.
+
+The statements of the per-job path (create, get, transition, append, events) are
+built once, with bind parameters: SQLAlchemy then compiles each once and finds it
+again by the statement's memoized cache key, where a statement built per call is
+rebuilt, hashed and its parameters extracted each time, which cost more than the
+SQLite work itself.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,6 +24,21 @@ from execbox.store.records import EventKind, Job, JobEvent
 from execbox.store.schema import job_events, jobs
 
 TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+_INSERT_JOB = jobs.insert()
+_INSERT_EVENTS = job_events.insert()
+_GET_JOB = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
+# Only while the job is still at the attempt of the writer (see JobService.claim).
+_FENCE = jobs.c.attempts == sa.bindparam("fence", type_=sa.Integer)
+# The job's event counter, moved past the events a write adds.
+_EVENT_SEQ = jobs.c.event_seq + sa.bindparam("added", type_=sa.Integer)
+_APPEND = (
+    jobs.update()
+    .where(jobs.c.id == sa.bindparam("job_id"))
+    .values(event_seq=_EVENT_SEQ)
+    .returning(jobs.c.event_seq)
+)
+_APPEND_FENCED = _APPEND.where(_FENCE)
 
 
 def _job(row: sa.Row[Any]) -> Job:
@@ -43,13 +66,48 @@ def _event(row: sa.Row[Any]) -> JobEvent:
     return JobEvent(kind=EventKind(row.kind), data=row.data, at=row.at, seq=row.seq)
 
 
-def _fenced(fence: int | None) -> list[sa.ColumnElement[bool]]:
-    return [] if fence is None else [jobs.c.attempts == fence]
-
-
 def _numbered(events: Sequence[JobEvent], last_seq: int) -> list[JobEvent]:
     first = last_seq - len(events) + 1
     return [dataclasses.replace(e, seq=first + i) for i, e in enumerate(events)]
+
+
+def _one_of(column: sa.Column[Any], values: Collection[str]) -> sa.ColumnElement[bool]:
+    # Not IN (...): SQLAlchemy renders an IN list anew at every execution ("expanding"
+    # parameters), equalities are compiled once with the statement.
+    return sa.or_(*(column == value for value in sorted(values)))
+
+
+@functools.cache
+def _transition_statement(
+    expected: frozenset[Status], columns: tuple[str, ...], fenced: bool, new_attempt: bool
+) -> sa.Update:
+    """The compare-and-set of JobStore.transition, one per shape of call (a handful)."""
+    values: dict[str, Any] = {
+        name: sa.bindparam(f"set_{name}", type_=jobs.c[name].type) for name in columns
+    }
+    if new_attempt:
+        values["attempts"] = jobs.c.attempts + 1
+    query = (
+        jobs.update()
+        .where(jobs.c.id == sa.bindparam("job_id"))
+        .where(_one_of(jobs.c.status, [s.value for s in expected]))
+        .values(event_seq=_EVENT_SEQ, **values)
+        .returning(*jobs.c)
+    )
+    return query.where(_FENCE) if fenced else query
+
+
+@functools.cache
+def _events_statement(kinds: frozenset[EventKind] | None) -> sa.Select[Any]:
+    query = (
+        job_events.select()
+        .where(job_events.c.job_id == sa.bindparam("job_id"))
+        .where(job_events.c.seq > sa.bindparam("after", type_=sa.Integer))
+        .order_by(job_events.c.seq)
+    )
+    if kinds is not None:
+        query = query.where(_one_of(job_events.c.kind, [k.value for k in kinds]))
+    return query
 
 
 class JobStore:
@@ -61,7 +119,7 @@ class JobStore:
     ) -> None:
         if events:
             await conn.execute(
-                job_events.insert(),
+                _INSERT_EVENTS,
                 [
                     {
                         "job_id": job_id,
@@ -78,23 +136,24 @@ class JobStore:
         numbered = _numbered(events, len(events))
         async with self.db.write() as conn:
             await conn.execute(
-                jobs.insert().values(
-                    id=job.id,
-                    status=job.status.value,
-                    language=job.language,
-                    language_version=job.language_version,
-                    request=job.request.model_dump(mode="json", exclude_defaults=True),
-                    attempts=job.attempts,
-                    event_seq=len(events),
-                    created_at=job.created_at,
-                )
+                _INSERT_JOB,
+                {
+                    "id": job.id,
+                    "status": job.status.value,
+                    "language": job.language,
+                    "language_version": job.language_version,
+                    "request": job.request.model_dump(mode="json", exclude_defaults=True),
+                    "attempts": job.attempts,
+                    "event_seq": len(events),
+                    "created_at": job.created_at,
+                },
             )
             await self._insert_events(conn, job.id, numbered)
         return numbered
 
     async def get(self, job_id: str) -> Job | None:
         async with self.db.read() as conn:
-            row = (await conn.execute(jobs.select().where(jobs.c.id == job_id))).first()
+            row = (await conn.execute(_GET_JOB, {"job_id": job_id})).first()
         return _job(row) if row else None
 
     async def list(self, *, status: Status | None, limit: int, before: str | None) -> list[Job]:
@@ -115,20 +174,21 @@ class JobStore:
         status: Status,
         events: Sequence[JobEvent],
         fence: int | None = None,
+        new_attempt: bool = False,
         **values: Any,
     ) -> tuple[Job, list[JobEvent]] | None:
         """Moves the job to ``status`` if it is in one of ``expected`` (compare-and-set,
         so two processes never both win), with its events; None if it was not. With
-        ``fence``, only if the job is still at that attempt (see JobService.claim)."""
-        query = (
-            jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in expected]))
-            .where(*_fenced(fence))
-            .values(status=status.value, event_seq=jobs.c.event_seq + len(events), **values)
-            .returning(*jobs.c)
+        ``fence``, only if the job is still at that attempt (see JobService.claim);
+        ``new_attempt`` counts a new start of the job."""
+        values["status"] = status.value
+        query = _transition_statement(
+            frozenset(expected), tuple(sorted(values)), fence is not None, new_attempt
         )
+        params = {f"set_{name}": value for name, value in values.items()}
+        params.update(job_id=job_id, added=len(events), fence=fence)
         async with self.db.write() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(query, params)).first()
             if row is None:
                 return None
             numbered = _numbered(events, row.event_seq)
@@ -140,14 +200,10 @@ class JobStore:
     ) -> list[JobEvent] | None:
         """Adds events without changing the job's status; None when ``fence`` is given
         and the job is no longer at that attempt."""
-        query = (
-            jobs.update()
-            .where(jobs.c.id == job_id, *_fenced(fence))
-            .values(event_seq=jobs.c.event_seq + len(events))
-            .returning(jobs.c.event_seq)
-        )
+        query = _APPEND if fence is None else _APPEND_FENCED
         async with self.db.write() as conn:
-            last_seq = (await conn.execute(query)).scalar()
+            params = {"job_id": job_id, "added": len(events), "fence": fence}
+            last_seq = (await conn.execute(query, params)).scalar()
             if last_seq is None:
                 return None
             numbered = _numbered(events, last_seq)
@@ -157,15 +213,10 @@ class JobStore:
     async def events(
         self, job_id: str, *, after: int = 0, kinds: Collection[EventKind] | None = None
     ) -> list[JobEvent]:
-        query = (
-            job_events.select()
-            .where(job_events.c.job_id == job_id, job_events.c.seq > after)
-            .order_by(job_events.c.seq)
-        )
-        if kinds is not None:
-            query = query.where(job_events.c.kind.in_([k.value for k in kinds]))
+        query = _events_statement(None if kinds is None else frozenset(kinds))
         async with self.db.read() as conn:
-            return [_event(row) for row in await conn.execute(query)]
+            rows = await conn.execute(query, {"job_id": job_id, "after": after})
+            return [_event(row) for row in rows]
 
     async def ids(self, status: Status) -> list[str]:
         """Ids of the jobs in ``status``, oldest first."""
