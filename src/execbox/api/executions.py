@@ -16,7 +16,8 @@ from execbox.jobs import new_job_id, to_result
 from execbox.models import ExecutionRequest, ExecutionResult, Status
 from execbox.queue import QueueFull
 from execbox.runner import InvalidRequest
-from execbox.store import ACTIVITY_KINDS
+from execbox.services import Services
+from execbox.store import ACTIVITY_KINDS, Job
 from execbox.webhooks import CallbackUrlError, check_callback_url
 
 router = APIRouter(
@@ -55,21 +56,25 @@ async def create_execution(
             check_callback_url(request.callback_url, services.settings.webhook_host_list)
     except (InvalidRequest, CallbackUrlError) as exc:
         raise ProblemError(422, str(exc)) from exc
+    if not wait:
+        # No subscription: nobody waits here (in scale-out mode one costs Redis round trips).
+        job = await _submit(services, request, new_job_id())
+        response.status_code = 202
+        response.headers["Location"] = f"/v1/executions/{job.id}"
+        return to_result(job)
     job_id = new_job_id()
     async with services.bus.subscribe(job_id) as subscription:
-        try:
-            job = await services.jobs.submit(
-                request, services.language_ref(request.language), job_id
-            )
-        except QueueFull as exc:
-            raise ProblemError(
-                429, f"{exc}; try again later", headers={"Retry-After": str(exc.retry_after_s)}
-            ) from exc
-        if not wait:
-            response.status_code = 202
-            response.headers["Location"] = f"/v1/executions/{job.id}"
-            return to_result(job)
+        await _submit(services, request, job_id)
         return await services.jobs.wait(job_id, subscription)
+
+
+async def _submit(services: Services, request: ExecutionRequest, job_id: str) -> Job:
+    try:
+        return await services.jobs.submit(request, services.language_ref(request.language), job_id)
+    except QueueFull as exc:
+        raise ProblemError(
+            429, f"{exc}; try again later", headers={"Retry-After": str(exc.retry_after_s)}
+        ) from exc
 
 
 @router.get("", response_model=ExecutionList, responses=problem_responses(422))
