@@ -6,7 +6,8 @@ per statement), and since a transaction then never yields to the loop, this
 process's transactions cannot contend with each other. Writes start with BEGIN
 IMMEDIATE, because a deferred transaction that reads and then writes fails at
 once with "database is locked" when another process (a CLI, a second server)
-writes too; busy_timeout makes those waits rather than errors.
+writes too; busy_timeout makes those waits rather than errors. Checkpoints of
+the write-ahead log, which fsync, run in a thread (wal.py), not in a commit.
 
 PostgreSQL goes through asyncpg, truly async.
 """
