@@ -43,6 +43,14 @@ class Settings(BaseSettings):
         "pool plus two); executions beyond them start and free sandboxes of their own",
     )
     allow_network: bool = Field(False, description="Whether callers may ask for network")
+    sandbox_cpu_weight: int = Field(
+        10,
+        ge=1,
+        le=10000,
+        description="CPU weight of all sandboxes together against the server and the rest "
+        "of the host (cgroup v2 units, 100 is an equal share): when programs saturate the "
+        "CPU, requests, health checks and streams are still served at once",
+    )
 
     # Admin maxima: what a caller may ask for at most (requests beyond get a 422).
     max_cpu_time_s: float = 30

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from execbox.runner import Runner
 from execbox.sandbox import cgroups
 from execbox.sandbox.cgroups import (
     V1Manager,
@@ -103,12 +104,29 @@ def test_detect_picks_v2_on_a_pure_v2_host(v2_tree: tuple[Path, Path]) -> None:
 def test_v2_setup_enables_controllers_for_the_children(v2_tree: tuple[Path, Path]) -> None:
     root, mountinfo = v2_tree
     manager = detect("auto", root, "execbox", mountinfo)
-    manager.setup()
+    manager.setup(cpu_weight=10)
     for level in (root, root / "execbox"):
         enabled = (level / "cgroup.subtree_control").read_text().split()
         assert {"+memory", "+pids", "+cpu"} <= set(enabled) or {"memory", "pids", "cpu"} <= set(
             enabled
         ), (level, enabled)
+    # All sandboxes together weigh less than the server beside them.
+    assert (root / "execbox" / "cpu.weight").read_text() == "10"
+
+
+async def test_sandboxes_weigh_less_than_the_server_for_cpu(runner: Runner) -> None:
+    """The real hierarchy (v1 here or v2): the parent of every run has the configured
+    weight, so the server's requests are served at once when programs saturate the CPU."""
+    weight = runner.settings.sandbox_cpu_weight
+    assert weight < 100
+    manager = runner.sandbox.cgroups
+    if isinstance(manager, V1Manager):
+        assert (manager.parents["cpu"] / "cpu.shares").read_text().strip() == str(
+            weight * 1024 // 100
+        )
+    else:
+        assert isinstance(manager, V2Manager)
+        assert (manager.parent / "cpu.weight").read_text().strip() == str(weight)
 
 
 def test_v2_setup_says_what_is_missing(v2_tree: tuple[Path, Path]) -> None:

@@ -28,6 +28,13 @@ SERVER_LEAF = "execbox-server"
 REMOVE_ATTEMPTS = 400
 REMOVE_PAUSE_S = 0.005
 V2_CONTROLLERS = ("memory", "pids", "cpu")
+CFS_PERIOD_US = 100000
+CFS_MIN_QUOTA_US = 1000  # the kernel's minimum (1 ms per period)
+DEFAULT_CPU_WEIGHT = 100  # cgroup v2's default; v1's cpu.shares default is 1024
+
+
+def _quota_us(cpus: float) -> int:
+    return max(CFS_MIN_QUOTA_US, int(cpus * CFS_PERIOD_US))
 
 
 @dataclass(frozen=True)
@@ -160,8 +167,8 @@ class V1RunCgroup(RunCgroup):
         _write(self.by_controller["pids"] / "pids.max", str(pids))
         if cpus is not None:
             cpu = self.by_controller["cpu"]
-            _write(cpu / "cpu.cfs_period_us", "100000")
-            _write(cpu / "cpu.cfs_quota_us", str(int(cpus * 100000)))
+            _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+            _write(cpu / "cpu.cfs_quota_us", str(_quota_us(cpus)))
 
     def start_accounting(self) -> None:
         _write(self.by_controller["cpuacct"] / "cpuacct.usage", "0")
@@ -194,7 +201,7 @@ class V2RunCgroup(RunCgroup):
             _write(self.path / "memory.swap.max", "0")
         _write(self.path / "pids.max", str(pids))
         if cpus is not None:
-            _write(self.path / "cpu.max", f"{int(cpus * 100000)} 100000")
+            _write(self.path / "cpu.max", f"{_quota_us(cpus)} {CFS_PERIOD_US}")
 
     def start_accounting(self) -> None:
         # v2 counters cannot be reset: remember where the command started.
@@ -244,8 +251,9 @@ class CgroupManager(ABC):
     def create(self, name: str) -> RunCgroup: ...
 
     @abstractmethod
-    def setup(self) -> None:
-        """Creates the parent cgroup(s); fails with what to do when it cannot."""
+    def setup(self, cpu_weight: int = DEFAULT_CPU_WEIGHT) -> None:
+        """Creates the parent cgroup(s), weighing all sandboxes together at ``cpu_weight``
+        (v2 units) against the rest of the host; fails with what to do when it cannot."""
 
 
 class V1Manager(CgroupManager):
@@ -260,12 +268,14 @@ class V1Manager(CgroupManager):
     def _wrap(self, path: Path) -> RunCgroup:
         return V1RunCgroup({c: p / path.name for c, p in self.parents.items()})
 
-    def setup(self) -> None:
+    def setup(self, cpu_weight: int = DEFAULT_CPU_WEIGHT) -> None:
         for parent in self.parents.values():
             parent.mkdir(parents=True, exist_ok=True)
         memory = self.parents["memory"]
         with contextlib.suppress(OSError):
             _write(memory / "memory.use_hierarchy", "1")
+        shares = max(2, cpu_weight * 1024 // DEFAULT_CPU_WEIGHT)  # v1: 1024 is the default
+        _write(self.parents["cpu"] / "cpu.shares", str(shares))
 
     def create(self, name: str) -> RunCgroup:
         dirs = {c: p / name for c, p in self.parents.items()}
@@ -287,7 +297,7 @@ class V2Manager(CgroupManager):
     def _wrap(self, path: Path) -> RunCgroup:
         return V2RunCgroup(path)
 
-    def setup(self) -> None:
+    def setup(self, cpu_weight: int = DEFAULT_CPU_WEIGHT) -> None:
         wanted = set(V2_CONTROLLERS)
         available = set(_read(self.mount / "cgroup.controllers").split())
         missing = wanted - available
@@ -313,6 +323,7 @@ class V2Manager(CgroupManager):
                 # them to a leaf, as container init systems do, then delegate.
                 self._evacuate_root()
                 _write(level / "cgroup.subtree_control", enable)
+        _write(self.parent / "cpu.weight", str(cpu_weight))
 
     def _evacuate_root(self) -> None:
         leaf = self.mount / SERVER_LEAF

@@ -98,7 +98,7 @@ class Sandbox:
         self.cgroups = cgroups.detect(
             settings.cgroup_version, settings.cgroup_mount, settings.cgroup_name
         )
-        self.cgroups.setup()
+        self.cgroups.setup(settings.sandbox_cpu_weight)
         runtime = settings.runtime_dir
         runtime.mkdir(parents=True, exist_ok=True)
         runtime.chmod(0o711)  # the sandbox uid may pass through, never list or read
