@@ -149,8 +149,23 @@ class _Running:
     stop_reason: str | None = None  # "cancel" | "shutdown" | "lost" once asked to stop
 
 
+class _Slot:
+    """One of the pool's ``concurrency`` places for a running sandbox, held from taking a
+    job until its sandbox is done (not while its outcome is recorded)."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+
+
 class WorkerPool:
-    """``concurrency`` tasks, each running one job at a time."""
+    """Runs at most ``concurrency`` jobs' sandboxes at a time. Twice as many tasks take
+    jobs, so that one job's outcome is recorded (a commit, events, a webhook) while the
+    next job's program already runs: the cores stay busy with programs."""
 
     def __init__(
         self,
@@ -170,6 +185,7 @@ class WorkerPool:
         self.webhooks = webhooks
         self.metrics = metrics
         self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, _Running] = {}
         self._idle: set[asyncio.Task[None]] = set()
@@ -183,7 +199,7 @@ class WorkerPool:
     def start(self) -> None:
         self._loops = [
             asyncio.create_task(self._loop(), name=f"execbox-worker-{i}")
-            for i in range(self.concurrency)
+            for i in range(2 * self.concurrency)
         ]
 
     @property
@@ -236,12 +252,18 @@ class WorkerPool:
         while not self._stopping:
             self._idle.add(current)
             try:
-                job_id = await self.queue.get()
+                await self._slots.acquire()
+                slot = _Slot(self._slots)
+                try:
+                    job_id = await self.queue.get()
+                except BaseException:
+                    slot.release()
+                    raise
             finally:
                 self._idle.discard(current)
             with structlog.contextvars.bound_contextvars(job_id=job_id):
                 try:
-                    await self._run(job_id)
+                    await self._run(job_id, slot)
                 except LeaseLost:
                     log.warning("job taken over by another worker; this run's outcome is dropped")
                 except Exception:
@@ -249,9 +271,10 @@ class WorkerPool:
                     # log and keep the worker alive; recovery finds the job later.
                     internal_error("worker could not record a job")
                 finally:
+                    slot.release()
                     await self.queue.done(job_id)
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, job_id: str, slot: _Slot) -> None:
         job = await self.jobs.claim(job_id, self.worker_id)
         if job is None:
             return
@@ -266,7 +289,10 @@ class WorkerPool:
             del self._early_cancels[job_id]
             self._stop(running, "cancel")
         try:
-            result = await running.task
+            try:
+                result = await running.task
+            finally:
+                slot.release()  # the sandbox is done: the next job may start
         except asyncio.CancelledError:
             if running.stop_reason is None:
                 raise
