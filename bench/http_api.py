@@ -5,12 +5,13 @@ Measures, against a real `execbox serve` (started here on a free port with a
 temporary data dir, SQLite, default workers):
 
 - sync execute of print(1+1) (POST /v1/executions, wait=true): sequential median,
-  and throughput with 8 concurrent clients;
+  and throughput with 8 concurrent clients, sent by a minimal HTTP/1.1 client (see
+  LeanConnection) so that the figures are the server's, and the sequential median
+  as httpx sees it for comparison;
 - the floor, `/usr/bin/python3 -c 'print(1+1)'` spawned directly: sequential median,
   and throughput with 8 at once;
 - the acknowledgement of wait=false submissions with 8 concurrent clients (p50, p99),
-  sent by a minimal HTTP/1.1 client (see AckConnection) so that the figure is the
-  server's, and, for comparison, by httpx.
+  sent the same way, and, for comparison, by httpx.
 
 Floor and HTTP series alternate in rounds, so a machine load that varies during the
 run weighs on both alike.
@@ -34,6 +35,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -97,56 +99,69 @@ async def concurrent(call: Callable[[], Awaitable[None]], n: int) -> list[float]
     return latencies
 
 
-class AckConnection:
-    """One keep-alive HTTP/1.1 connection sending wait=false submissions, hand-written.
+class LeanConnection:
+    """One keep-alive HTTP/1.1 connection posting BODY to /v1/executions, hand-written.
 
     httpx spends ~2 ms of CPU per request in this process (the server ~0.6 ms on an
     ack) and, with 8 clients on a 2-core machine, put 100-300 ms outliers of its own
     into ack latencies even with no job running at all; this client spends ~0.1 ms,
-    so the percentiles are those of the server."""
+    so the figures are those of the server (whose users' clients run elsewhere).
+    httpx's figures are measured too and reported beside."""
 
-    REQUEST = (
-        b"POST /v1/executions?wait=false HTTP/1.1\r\nHost: execbox\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-    ) % (len(BODY_JSON), BODY_JSON)
+    REQUESTS = {
+        wait: (
+            b"POST /v1/executions?wait=%s HTTP/1.1\r\nHost: execbox\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        )
+        % (wait.encode(), len(BODY_JSON), BODY_JSON)
+        for wait in ("true", "false")
+    }
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
 
     @classmethod
-    async def open(cls, url: str) -> AckConnection:
+    async def open(cls, url: str) -> LeanConnection:
         parsed = httpx.URL(url)
         return cls(*await asyncio.open_connection(parsed.host, parsed.port))
 
-    async def ack(self) -> None:
-        self.writer.write(self.REQUEST)
+    async def post(self, wait: bool) -> tuple[int, bytes]:
+        """The status and body of one submission."""
+        self.writer.write(self.REQUESTS["true" if wait else "false"])
         head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         status_line, *header_lines = head.split("\r\n")
         headers = dict(line.lower().split(": ", 1) for line in header_lines if line)
         body = await self.reader.readexactly(int(headers["content-length"]))
-        assert status_line.split()[1] == "202", body
+        return int(status_line.split()[1]), body
 
     def close(self) -> None:
         self.writer.close()
 
 
-async def acks(url: str, n: int) -> list[float]:
-    """Latencies of ``n`` acknowledgements from CLIENTS connections at once."""
-    connections = [await AckConnection.open(url) for _ in range(CLIENTS)]
-    latencies: list[float] = []
-    remaining = iter(range(n))
+class LeanPool:
+    """CLIENTS lean connections, each used by one request at a time."""
 
-    async def client(connection: AckConnection) -> None:
-        for _ in remaining:
-            latencies.append(await timed(connection.ack))
-
-    try:
-        await asyncio.gather(*(client(c) for c in connections))
-    finally:
+    def __init__(self, connections: list[LeanConnection]) -> None:
+        self.all = connections
+        self.free: asyncio.Queue[LeanConnection] = asyncio.Queue()
         for connection in connections:
+            self.free.put_nowait(connection)
+
+    @classmethod
+    async def open(cls, url: str) -> LeanPool:
+        return cls([await LeanConnection.open(url) for _ in range(CLIENTS)])
+
+    async def post(self, wait: bool) -> tuple[int, bytes]:
+        connection = await self.free.get()
+        try:
+            return await connection.post(wait)
+        finally:
+            self.free.put_nowait(connection)
+
+    def close(self) -> None:
+        for connection in self.all:
             connection.close()
-    return latencies
 
 
 async def floor_run() -> None:
@@ -155,15 +170,16 @@ async def floor_run() -> None:
     assert out == b"2\n"
 
 
-async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
+async def measure(url: str, n: int) -> dict[str, dict[str, Any]]:
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    lean = await LeanPool.open(url)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         breakdown: list[dict[str, float]] = []
 
         async def sync_run(record: bool = False) -> None:
-            response = await client.post("/v1/executions", json=BODY)
-            result = response.json()
-            assert result["run"]["stdout"] == "2\n", response.text
+            status, body = await lean.post(wait=True)
+            result = json.loads(body)
+            assert status == 200 and result["run"]["stdout"] == "2\n", body
             if not record:
                 return
             created, started, finished = (
@@ -178,27 +194,39 @@ async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
                 }
             )
 
+        async def ack() -> None:
+            status, body = await lean.post(wait=False)
+            assert status == 202, body
+
+        async def httpx_sync_run() -> None:
+            response = await client.post("/v1/executions", json=BODY)
+            assert response.json()["run"]["stdout"] == "2\n", response.text
+
         async def httpx_ack() -> None:
             response = await client.post("/v1/executions", params={"wait": "false"}, json=BODY)
             assert response.status_code == 202, response.text
 
-        await sequential(sync_run, 20)  # warm-up: connections, warm pool, caches
+        await sequential(sync_run, 20)  # warm-up: connections, sandboxes, caches
+        await sequential(httpx_sync_run, 5)
         await sequential(floor_run, 5)
         # Floor and HTTP alternate in small rounds, so that both see the same machine
         # (a load that comes and goes shifts both, not one of them).
         floor_seq: list[float] = []
         http_seq: list[float] = []
+        httpx_seq: list[float] = []
         floor_time = http_time = 0.0
         for _ in range(ROUNDS):
             floor_seq += await sequential(floor_run, n // ROUNDS)
             http_seq += await sequential(lambda: sync_run(record=True), n // ROUNDS)
+            httpx_seq += await sequential(httpx_sync_run, n // ROUNDS // 2)
             floor_time += await timed(lambda: concurrent(floor_run, 2 * n // ROUNDS))
             http_time += await timed(lambda: concurrent(sync_run, 2 * n // ROUNDS))
         parts = {key: statistics.median(b[key] for b in breakdown) for key in breakdown[0]}
         floor_rps = 2 * n // ROUNDS * ROUNDS / (floor_time / 1000)
         http_rps = 2 * n // ROUNDS * ROUNDS / (http_time / 1000)
-        ack_latencies = await acks(url, 2 * n)
+        acks = await concurrent(ack, 2 * n)
         httpx_acks = await concurrent(httpx_ack, 2 * n)
+        lean.close()
         # Let the acknowledged jobs drain so the server stops with an empty queue.
         last = (await client.get("/v1/executions", params={"limit": 1})).json()["items"][0]
         async with client.stream("GET", f"/v1/executions/{last['id']}/events") as stream:
@@ -215,10 +243,11 @@ async def measure(url: str, n: int) -> dict[str, dict[str, float]]:
             "throughput_rps": http_rps,
             # Where a sequential request's time goes (medians, from the results' times).
             "breakdown_ms": parts,
+            "httpx_client": {"sequential_median_ms": statistics.median(httpx_seq)},
         },
         "http_ack": {
-            "p50_ms": percentile(ack_latencies, 50),
-            "p99_ms": percentile(ack_latencies, 99),
+            "p50_ms": percentile(acks, 50),
+            "p99_ms": percentile(acks, 99),
             "httpx_client": {
                 "p50_ms": percentile(httpx_acks, 50),
                 "p99_ms": percentile(httpx_acks, 99),
@@ -267,6 +296,8 @@ def main() -> None:
         "sync request, medians (ms): queued {queued_ms:.2f}, running {running_ms:.2f} "
         "(program wall {program_wall_ms:.2f})".format(**parts)
     )
+    httpx_seq = sync["httpx_client"]["sequential_median_ms"]
+    print(f"{'  sequential median, sent by httpx':44}{httpx_seq:.2f}")
     print(f"{f'wait=false ack p50 / p99 (ms), {CLIENTS} clients':44}", end="")
     print(f"{ack['p50_ms']:.2f} / {ack['p99_ms']:.2f}   (target p99 <= 20)")
     by_httpx = ack["httpx_client"]
