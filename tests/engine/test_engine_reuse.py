@@ -49,6 +49,10 @@ echo left > /tmp/left.txt; echo left > /dev/shm/left.txt
 ln -s /etc/passwd /tmp/link
 python3 - <<'EOF'
 import ctypes, os, socket
+# Notes on the directories themselves, which stay: their mode and extended attributes.
+for d in ("/box", "/tmp", "/dev/shm"):
+    os.setxattr(d, "user.note", b"left")
+    os.chmod(d, 0o777)
 libc = ctypes.CDLL(None, use_errno=True)
 # A System V shared memory segment, semaphore set and message queue, unreadable to others.
 assert libc.shmget(0x5EC12E7, 4096, 0o1000 | 0o600) >= 0, os.strerror(ctypes.get_errno())
@@ -75,6 +79,7 @@ sleep 0.2
 LOOK_FOR_ANYTHING_LEFT = r"""
 import json, os, socket
 found = {
+    "dirs": {d: [oct(os.stat(d).st_mode), os.listxattr(d)] for d in ("/box", "/tmp", "/dev/shm")},
     "box": sorted(os.listdir("/box")),
     "tmp": sorted(os.listdir("/tmp")),
     "shm": sorted(os.listdir("/dev/shm")),
@@ -106,6 +111,11 @@ async def test_the_next_execution_in_a_box_finds_nothing_of_the_last(
     assert await the_box(one_box) is box and box.uses == 2
     found = json.loads(stdout(looked))
     assert found["box"] == ["main.py"], found
+    assert found["dirs"] == {
+        "/box": [oct(0o40700), []],
+        "/tmp": [oct(0o40755), []],
+        "/dev/shm": [oct(0o40755), []],
+    }, found
     assert found["tmp"] == found["shm"] == found["sysvipc"] == [], found
     assert found["processes"] == sorted({1, found["me"]}), found  # init and itself
     assert found["abstract_socket"] is None, found

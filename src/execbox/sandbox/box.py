@@ -10,7 +10,8 @@ reset or shut:
 - System V IPC: init removes every object with them; POSIX message queues are denied
   by the seccomp filter;
 - files: / and /dev are read-only; the host empties /box, /tmp and /dev/shm between
-  executions (through directory fds, following no link);
+  executions and restores their mode and extended attributes (through directory
+  fds, following no link);
 - accounting and limits: every command runs in a fresh cgroup of its own, into which
   the box's bwrap and init move before it starts. The first move into a new memory
   cgroup waits for an RCU grace period (1-2 ms), so it is made when the box is reset,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 from typing import TYPE_CHECKING
 
@@ -41,7 +43,7 @@ from execbox.sandbox.errors import SandboxError
 from execbox.sandbox.names import owned_name
 from execbox.sandbox.session import Session
 from execbox.sandbox.spawn import Spawned
-from execbox.sandbox.workspace import DIR_FLAGS, Workspace, empty_dir
+from execbox.sandbox.workspace import DIR_FLAGS, Workspace, restore_dir
 
 if TYPE_CHECKING:
     from execbox.sandbox.engine import Sandbox
@@ -60,6 +62,11 @@ class Box:
     def __init__(self, sandbox: Sandbox, session: Session) -> None:
         self._sandbox = sandbox
         self.session = session
+        # The mode each private directory had when the box started.
+        self._modes = {
+            inside: stat.S_IMODE(os.stat(self._inside(inside)).st_mode)
+            for inside in PRIVATE_TMP_DIRS
+        }
         self.uses = 0
         self.started_at = time.monotonic()
         # Whether a command ran in the current cgroup (the next one needs a fresh one).
@@ -162,14 +169,17 @@ class Box:
         self.uses += 1
         return True
 
+    def _inside(self, path: str) -> str:
+        """The host's path to ``path`` in the box's own mount namespace."""
+        return f"/proc/{self.session.init_pid}/root/{path}"
+
     def _empty(self) -> None:
         self._fresh_cgroup()
         self.workspace.clear()
-        root = f"/proc/{self.session.init_pid}/root"
-        for inside in PRIVATE_TMP_DIRS:
-            fd = os.open(f"{root}/{inside}", DIR_FLAGS)
+        for inside, mode in self._modes.items():
+            fd = os.open(self._inside(inside), DIR_FLAGS)
             try:
-                empty_dir(fd)
+                restore_dir(fd, mode)
             finally:
                 os.close(fd)
 

@@ -26,6 +26,7 @@ MS_NODEV = 0x4
 MS_REMOUNT = 0x20
 MNT_DETACH = 0x2
 MAX_PATH_DEPTH = 64
+WORKSPACE_MODE = 0o700
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -89,7 +90,7 @@ class Workspace:
 
     @staticmethod
     def _options(uid: int, gid: int, size_mb: int) -> str:
-        return f"size={size_mb}m,mode=0700,uid={uid},gid={gid},nr_inodes=0"
+        return f"size={size_mb}m,mode={WORKSPACE_MODE:o},uid={uid},gid={gid},nr_inodes=0"
 
     def resize(self, size_mb: int) -> None:
         if size_mb != self.size_mb:
@@ -97,9 +98,9 @@ class Workspace:
             self.size_mb = size_mb
 
     def clear(self) -> None:
-        """Removes everything in the workspace (between two uses of it)."""
+        """Makes the workspace as new (between two uses of it)."""
         with self._dir([]) as fd:
-            empty_dir(fd)
+            restore_dir(fd, WORKSPACE_MODE)
 
     def destroy(self) -> None:
         _libc.umount2(os.fsencode(self.path), MNT_DETACH)
@@ -214,6 +215,15 @@ class Workspace:
                 )  # fmt: skip
                 entries.append(Entry(entry.name, kind, st.st_size, st.st_mtime))
         return sorted(entries, key=lambda e: e.name)
+
+
+def restore_dir(fd: int, mode: int) -> None:
+    """Empties the directory open at ``fd`` and gives it back ``mode`` and no extended
+    attributes: its owner (a program) may have changed them, as a note to the next."""
+    empty_dir(fd)
+    for name in os.listxattr(fd):
+        os.removexattr(fd, name)
+    os.fchmod(fd, mode)
 
 
 def empty_dir(fd: int) -> None:
