@@ -59,6 +59,8 @@ class Limits(BaseModel):
 class ResolvedLimits(BaseModel):
     """Limits with every field set: what a stage actually runs under."""
 
+    model_config = ConfigDict(frozen=True)  # the runner shares its resolved defaults
+
     cpu_time_s: float
     wall_time_s: float
     memory_mb: int

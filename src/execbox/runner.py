@@ -150,6 +150,7 @@ class Runner:
         self.sandbox = sandbox
         self.table = languages
         self.settings = settings
+        self._default_limits: dict[tuple[str, bool], ResolvedLimits] = {}
 
     @classmethod
     async def create(cls, settings: Settings) -> Runner:
@@ -207,6 +208,23 @@ class Runner:
         values = {k: min(v, maxima[k]) for k, v in merged.model_dump().items()}
         return ResolvedLimits(**values)
 
+    def _stage_limits(
+        self, lang: Language, asked: Limits, *, compile_stage: bool
+    ) -> ResolvedLimits:
+        """The limits of a language's stage; its defaults (what most requests ask for)
+        are resolved once, as every request is planned twice (accepted, then run)."""
+        default, base = (
+            (lang.compile_limits, self.table.compile_limits)
+            if compile_stage
+            else (lang.limits, self.table.limits)
+        )
+        if asked.model_fields_set:
+            return self.resolve_limits(asked, default, base)
+        key = (lang.name, compile_stage)
+        if key not in self._default_limits:
+            self._default_limits[key] = self.resolve_limits(asked, default, base)
+        return self._default_limits[key]
+
     def plan(self, request: ExecutionRequest) -> Plan:
         """Checks a request; raises InvalidRequest with what to fix."""
         lang = self._language(request)
@@ -248,10 +266,8 @@ class Runner:
             files=files,
             main=files[0][0],
             entry=entry,
-            run_limits=self.resolve_limits(request.limits, lang.limits, self.table.limits),
-            compile_limits=self.resolve_limits(
-                request.compile_limits, lang.compile_limits, self.table.compile_limits
-            ),
+            run_limits=self._stage_limits(lang, request.limits, compile_stage=False),
+            compile_limits=self._stage_limits(lang, request.compile_limits, compile_stage=True),
         )
 
     def check(self, request: ExecutionRequest) -> None:

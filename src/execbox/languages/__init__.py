@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import tomllib
 from collections.abc import Iterable
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,7 +54,7 @@ class Language(BaseModel):
     def missing_toolchain(self) -> str | None:
         """A message saying what to install, or None when the toolchain is present."""
         for path in {self.toolchain, self.run[0]}:
-            if path.startswith("/") and not Path(path).exists():
+            if path.startswith("/") and not os.path.exists(path):
                 how = f"`apt-get install {' '.join(self.packages)}`"
                 if self.npm:
                     how += " and `make setup` (npm: " + ", ".join(self.npm) + ")"
