@@ -205,9 +205,9 @@ class HostGuard:
         cgroups: set[str] = set()
         workspaces: set[str] = set()
         for box in (box for r in self.runners for box in list(r.sandbox._idle)):
-            pids.update(box.cgroup.pids())
-            pids.add(box.proc.pid)
-            cgroups.update(d.name for d in box.cgroup.dirs)
+            pids.update(box.session.cgroup.pids())
+            pids.add(box.session.proc.pid)
+            cgroups.update(d.name for d in box.session.cgroup.dirs)
             workspaces.add(box.workspace.path.name)
         return pids, cgroups, workspaces
 

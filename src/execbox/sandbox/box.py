@@ -42,7 +42,6 @@ from execbox.sandbox.command import (
 from execbox.sandbox.errors import SandboxError
 from execbox.sandbox.names import owned_name
 from execbox.sandbox.session import Session
-from execbox.sandbox.spawn import Spawned
 from execbox.sandbox.workspace import DIR_FLAGS, Workspace, restore_dir
 
 if TYPE_CHECKING:
@@ -93,14 +92,6 @@ class Box:
     @property
     def network(self) -> bool:
         return self.session.network
-
-    @property
-    def cgroup(self) -> RunCgroup:
-        return self.session.cgroup
-
-    @property
-    def proc(self) -> Spawned:
-        return self.session.proc
 
     async def run(
         self,

@@ -107,18 +107,6 @@ class Process:
         self._killed_for: list[Verdict] = []
         self._task: asyncio.Task[SandboxResult] | None = None
 
-    def _start(
-        self,
-        limits: SandboxLimits,
-        on_output: OutputCallback | None,
-        capture: bool,
-        stdin: StdinSource,
-        accounting: RunCgroup | None,
-    ) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._supervise(limits, on_output, capture, stdin, accounting)
-        )
-
     @property
     def done(self) -> bool:
         return self._task is not None and self._task.done()
@@ -137,7 +125,8 @@ class Process:
             self.stdin.close()
 
     def kill(self, reason: Verdict = Verdict.RUNTIME_ERROR) -> None:
-        """Kills the command's process group (what it started with it)."""
+        """Kills the command's process group (what it started with it); in an exclusive
+        sandbox, every process but init."""
         if not self._killed_for:
             self._killed_for.append(reason)
         if not self._status.done():
@@ -447,7 +436,9 @@ class Session:
             # The program's ends now live in init (and its child) only: EOF comes with it.
             for fd in given:
                 os.close(fd)
-        proc._start(limits, on_output, capture, stdin, accounting)
+        proc._task = asyncio.get_running_loop().create_task(
+            proc._supervise(limits, on_output, capture, stdin, accounting)
+        )
         return proc
 
     async def run(
