@@ -252,6 +252,29 @@ def test_detect_picks_v1_on_a_hybrid_with_a_controllerless_cgroup2(tmp_path: Pat
         detect("2", root, "execbox", mountinfo)
 
 
+def test_v1_renew_makes_only_a_new_memory_cgroup(tmp_path: Path) -> None:
+    """Between the commands of a box: memory peak and charges cannot be reset, so the
+    memory cgroup is new; the other hierarchies' are kept (their counters are reset)."""
+    root, mountinfo = _v1_tree(tmp_path, joint_cpu=False)
+    manager = detect("auto", root, "execbox", mountinfo)
+    manager.setup()
+    first = manager.create("run1")
+    assert isinstance(first, V1RunCgroup)
+    renewed = manager.renew(first, "run2")
+    assert isinstance(renewed, V1RunCgroup)
+    assert renewed.by_controller["memory"] == root / "memory" / "execbox" / "run2"
+    assert renewed.by_controller["memory"].is_dir()
+    for controller in ("pids", "cpu", "cpuacct"):
+        assert renewed.by_controller[controller] == first.by_controller[controller]
+    # A quota of the command before does not stay: no cpus means no quota.
+    (first.by_controller["memory"] / "memory.limit_in_bytes").write_text("0")
+    (renewed.by_controller["memory"] / "memory.limit_in_bytes").write_text("0")
+    first.set_limits(64 << 20, 10, cpus=0.5)
+    assert (first.by_controller["cpu"] / "cpu.cfs_quota_us").read_text() == "50000"
+    renewed.set_limits(64 << 20, 10)
+    assert (renewed.by_controller["cpu"] / "cpu.cfs_quota_us").read_text() == "-1"
+
+
 def test_v1_with_joint_cpu_cpuacct_mount(tmp_path: Path) -> None:
     """systemd hosts mount cpu and cpuacct together (/sys/fs/cgroup/cpu,cpuacct)."""
     root, mountinfo = _v1_tree(tmp_path, joint_cpu=True)

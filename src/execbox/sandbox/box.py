@@ -12,10 +12,12 @@ reset or shut:
 - files: / and /dev are read-only; the host empties /box, /tmp and /dev/shm between
   executions and restores their mode and extended attributes (through directory
   fds, following no link);
-- accounting and limits: every command runs in a fresh cgroup of its own, into which
-  the box's bwrap and init move before it starts. The first move into a new memory
+- accounting and limits: every command runs in a fresh cgroup of its own (on v1, a
+  fresh memory cgroup; the other hierarchies' counters are reset), into which the
+  box's bwrap and init move before it starts. The first move into a new memory
   cgroup waits for an RCU grace period (1-2 ms), so it is made when the box is reset,
-  off the next execution's path; only a second command of an execution waits for it.
+  in a thread, off the next execution's path; only a second command of an execution
+  waits for it.
 
 A box that had network, ended, held a process it should not have, or served
 MAX_USES executions or MAX_AGE_S is not reused.
@@ -28,9 +30,9 @@ import contextlib
 import os
 import stat
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from execbox.sandbox.cgroups import RunCgroup
 from execbox.sandbox.command import (
     SANDBOX_OWN_PROCESSES,
     Command,
@@ -70,8 +72,8 @@ class Box:
         self.started_at = time.monotonic()
         # Whether a command ran in the current cgroup (the next one needs a fresh one).
         self._cgroup_used = False
-        # Cgroups of earlier commands that could not be removed at once (still busy).
-        self._stale: list[RunCgroup] = []
+        # Cgroup directories of earlier commands that could not be removed at once.
+        self._stale: list[Path] = []
 
     @classmethod
     async def start(cls, sandbox: Sandbox, workspace: Workspace, network: bool) -> Box:
@@ -126,19 +128,25 @@ class Box:
             raise
 
     def _fresh_cgroup(self) -> None:
-        """Moves bwrap and init into a new cgroup, so that the next command's accounting
-        starts from zero and nothing an earlier command used is charged to it."""
-        cgroup = self._sandbox.cgroups.create(owned_name())
+        """Moves bwrap and init into a renewed cgroup, so that the next command's
+        accounting starts from zero and nothing an earlier command used is charged."""
+        earlier = self.session.cgroup
+        cgroup = self._sandbox.cgroups.renew(earlier, owned_name())
+        new = [d for d in cgroup.dirs if d not in earlier.dirs]
         try:
-            cgroup.adopt([self.session.proc.pid, self.session.init_pid])
+            cgroup.adopt([self.session.proc.pid, self.session.init_pid], new)
         except BaseException:
-            cgroup.kill()  # a process may have moved already: it was one of this box's
-            self._stale.append(cgroup)
+            self.kill()  # a process may have moved already: the box is not reused
+            self._stale += new
             raise
-        earlier, self.session.cgroup = self.session.cgroup, cgroup
+        self.session.cgroup = cgroup
         self._cgroup_used = False
-        if not earlier.try_remove():
-            self._stale.append(earlier)
+        for d in earlier.dirs:
+            if d not in cgroup.dirs:
+                try:
+                    d.rmdir()  # empty now: its processes moved
+                except OSError:
+                    self._stale.append(d)
 
     async def reset(self) -> bool:
         """Makes the box ready for another execution; False when it must not be reused."""
@@ -181,7 +189,7 @@ class Box:
     async def retire(self) -> None:
         """Kills the box and frees its cgroups; its workspace is the caller's."""
         await self.session.shutdown()
-        for cgroup in self._stale:
+        for d in self._stale:
             with contextlib.suppress(OSError):
-                await cgroup.remove_async()
+                d.rmdir()
         self._stale.clear()

@@ -102,10 +102,10 @@ class RunCgroup(ABC):
     @abstractmethod
     def _procs_dir(self) -> Path: ...
 
-    def adopt(self, pids: list[int]) -> None:
-        """Moves processes (of a box between its commands) into this cgroup; what they
-        were charged for stays with their old one."""
-        for d in self.dirs:
+    def adopt(self, pids: list[int], dirs: list[Path] | None = None) -> None:
+        """Moves processes (of a box between its commands) into this cgroup, or into
+        ``dirs`` of it; what they were charged for stays with their old one."""
+        for d in self.dirs if dirs is None else dirs:
             for pid in pids:
                 _write(d / "cgroup.procs", str(pid))
 
@@ -176,10 +176,12 @@ class V1RunCgroup(RunCgroup):
                 continue  # swap accounting off: no swap to limit
             _write(mem / name, str(memory_bytes))
         _write(self.by_controller["pids"] / "pids.max", str(pids))
+        # Written either way: a renewed cgroup keeps the cpu directory of the command
+        # before (see CgroupManager.renew), and with it that command's quota.
+        cpu = self.by_controller["cpu"]
         if cpus is not None:
-            cpu = self.by_controller["cpu"]
             _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
-            _write(cpu / "cpu.cfs_quota_us", str(_quota_us(cpus)))
+        _write(cpu / "cpu.cfs_quota_us", "-1" if cpus is None else str(_quota_us(cpus)))
 
     def start_accounting(self) -> None:
         _write(self.by_controller["cpuacct"] / "cpuacct.usage", "0")
@@ -262,6 +264,12 @@ class CgroupManager(ABC):
     def create(self, name: str) -> RunCgroup: ...
 
     @abstractmethod
+    def renew(self, run: RunCgroup, name: str) -> RunCgroup:
+        """The cgroup for the next command of ``run``'s processes: new where accounting
+        cannot be reset (memory: its peak and page-cache charges), ``run``'s own
+        directories elsewhere (their counters are reset by start_accounting)."""
+
+    @abstractmethod
     def setup(self, cpu_weight: int = DEFAULT_CPU_WEIGHT) -> None:
         """Creates the parent cgroup(s), weighing all sandboxes together at ``cpu_weight``
         (v2 units) against the rest of the host; fails with what to do when it cannot."""
@@ -293,6 +301,12 @@ class V1Manager(CgroupManager):
         for d in dict.fromkeys(dirs.values()):  # once per hierarchy (cpu,cpuacct share one)
             d.mkdir()
         return V1RunCgroup(dirs)
+
+    def renew(self, run: RunCgroup, name: str) -> RunCgroup:
+        assert isinstance(run, V1RunCgroup)
+        memory = self.parents["memory"] / name
+        memory.mkdir()
+        return V1RunCgroup({**run.by_controller, "memory": memory})
 
 
 class V2Manager(CgroupManager):
@@ -347,6 +361,9 @@ class V2Manager(CgroupManager):
         path = self.parent / name
         path.mkdir()
         return V2RunCgroup(path)
+
+    def renew(self, run: RunCgroup, name: str) -> RunCgroup:
+        return self.create(name)  # one directory carries every controller
 
 
 def _mountinfo(path: Path) -> list[tuple[Path, str, set[str]]]:
