@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from execbox.sandbox.bwrap import PRIVATE_TMPFS
 from execbox.sandbox.command import (
     SANDBOX_OWN_PROCESSES,
     Command,
@@ -53,8 +54,6 @@ if TYPE_CHECKING:
 # objects charged to its namespaces), and on the age of its view of the host.
 MAX_USES = 500
 MAX_AGE_S = 300.0
-# The writable places inside a box besides its workspace, emptied between executions.
-PRIVATE_TMP_DIRS = ("tmp", "dev/shm")
 
 
 class Box:
@@ -65,8 +64,7 @@ class Box:
         self.session = session
         # The mode each private directory had when the box started.
         self._modes = {
-            inside: stat.S_IMODE(os.stat(self._inside(inside)).st_mode)
-            for inside in PRIVATE_TMP_DIRS
+            inside: stat.S_IMODE(os.stat(self._inside(inside)).st_mode) for inside in PRIVATE_TMPFS
         }
         self.uses = 0
         self.started_at = time.monotonic()
@@ -169,8 +167,8 @@ class Box:
         return True
 
     def _inside(self, path: str) -> str:
-        """The host's path to ``path`` in the box's own mount namespace."""
-        return f"/proc/{self.session.init_pid}/root/{path}"
+        """The host's path to ``path`` (absolute) in the box's own mount namespace."""
+        return f"/proc/{self.session.init_pid}/root{path}"
 
     def _empty(self) -> None:
         self._fresh_cgroup()

@@ -11,6 +11,9 @@ INSIDE_UID = 1000
 INSIDE_GID = 1000
 WORKDIR = "/box"
 INIT_PATH = "/.execbox-init"
+# Writable places besides the workspace, each a tmpfs of the sandbox's own (a reused
+# box empties them between executions, see box.py).
+PRIVATE_TMPFS = ("/tmp", "/dev/shm")
 
 # Top-level system directories the toolchains live in (read-only).
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -94,8 +97,7 @@ def bwrap_options(
     args += [
         "--proc", "/proc",
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
-        "--tmpfs", "/dev/shm",
+        *(arg for path in PRIVATE_TMPFS for arg in ("--tmpfs", path)),
         "--bind", str(workspace), WORKDIR,
         "--ro-bind", str(view.init_binary), INIT_PATH,
         "--remount-ro", "/",

@@ -142,7 +142,7 @@ class Sandbox:
         """A fresh (or freshly emptied) workspace, with a box started over it."""
         box = self._idle.popleft() if self._idle else None
         if box is None:
-            box = await self._start_box(None, network=False)
+            box = await self._new_box()
         workspace = box.workspace
         self._boxes[workspace.path] = box
         self._refill()
@@ -154,17 +154,15 @@ class Sandbox:
             self._returning += 1
             self._background(self._recycle(self._boxes.pop(workspace.path)))
 
-    async def _start_box(self, workspace: Workspace | None, network: bool) -> Box:
-        """A new box over ``workspace`` (a new one of its own when None)."""
-        if workspace is None:
-            # mkdir + mount: in a thread, off the event loop that serves every request.
-            own = await asyncio.to_thread(self._new_workspace, 1)
-            try:
-                return await Box.start(self, own, network)
-            except BaseException:
-                await asyncio.to_thread(own.destroy)
-                raise
-        return await Box.start(self, workspace, network)
+    async def _new_box(self) -> Box:
+        """A new box (without network) over a new workspace of its own."""
+        # mkdir + mount: in a thread, off the event loop that serves every request.
+        workspace = await asyncio.to_thread(self._new_workspace, 1)
+        try:
+            return await Box.start(self, workspace, network=False)
+        except BaseException:
+            await asyncio.to_thread(workspace.destroy)
+            raise
 
     def _pooled(self) -> int:
         """Boxes of the pool: ready, in use, or being reset to be ready again."""
@@ -205,9 +203,7 @@ class Sandbox:
     async def _fill(self) -> None:
         while not self._closed and self._pooled() < self.settings.warm_pool_size:
             try:
-                box = await self._start_box(None, network=False)
-            except asyncio.CancelledError:
-                raise
+                box = await self._new_box()
             except Exception:
                 log.exception("warm_pool_fill_failed")
                 return
@@ -238,7 +234,7 @@ class Sandbox:
         # A box's namespaces are fixed when it starts: a command that needs the other
         # kind, or that runs over a workspace not from workspace() (a persistent
         # sandbox's), gets a box of its own over the same workspace, used once.
-        once = await self._start_box(workspace, network)
+        once = await Box.start(self, workspace, network)
         try:
             return await once.run(command, limits, stdin=stdin, on_output=on_output)
         finally:

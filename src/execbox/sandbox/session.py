@@ -47,7 +47,7 @@ from execbox.sandbox.command import (
 from execbox.sandbox.errors import SandboxError
 from execbox.sandbox.names import owned_name
 from execbox.sandbox.spawn import Spawned, read_pipe, write_pipe
-from execbox.sandbox.workspace import Workspace
+from execbox.sandbox.workspace import Workspace, write_all
 
 if TYPE_CHECKING:
     from execbox.sandbox.engine import Sandbox
@@ -159,7 +159,11 @@ class Process:
         pumps = [
             asyncio.create_task(pump(r, s)) for r, s in zip(self._streams, (out, err), strict=True)
         ]
-        helpers = [] if stdin is None else [asyncio.create_task(self._feed(stdin))]
+        helpers = []
+        if stdin == b"":
+            self.close_stdin()  # nothing to feed: no task for it
+        elif stdin is not None:
+            helpers.append(asyncio.create_task(self._feed(stdin)))
         if accounting is not None and math.isfinite(limits.cpu_time_s):
             helpers.append(asyncio.create_task(self._watch_cpu(accounting, limits.cpu_time_s)))
         timeout = None if math.isinf(limits.wall_time_s) else limits.wall_time_s
@@ -209,8 +213,7 @@ class Process:
     async def _feed(self, stdin: bytes | AsyncIterator[bytes]) -> None:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             if isinstance(stdin, bytes):
-                if stdin:
-                    await self.write(stdin)
+                await self.write(stdin)
             else:
                 async for chunk in stdin:
                     await self.write(chunk)
@@ -281,7 +284,8 @@ class Session:
         network: bool = False,
         exclusive: bool = False,
     ) -> Session:
-        """bwrap with execbox-init serving in it, in ``cgroup`` (limits already set)."""
+        """bwrap with execbox-init serving in it, in ``cgroup`` (whose limits the caller
+        sets: a persistent sandbox's for all its commands, a box's per command)."""
         host, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         host.setblocking(False)
         seccomp_fd = os.open(sandbox.seccomp_file, os.O_RDONLY | os.O_CLOEXEC)
@@ -419,7 +423,7 @@ class Session:
                 message += request
             else:
                 given.append(os.memfd_create("execbox-command", os.MFD_CLOEXEC))
-                _write_all(given[-1], request)
+                write_all(given[-1], request)
             # Registered before it is sent: a quick command's exit may arrive at once.
             proc = Process(
                 self, cid, await write_pipe(stdin_w), await read_pipe(stdout_r),
@@ -470,12 +474,6 @@ class Session:
         """Kills everything, then frees the cgroup and the workspace (its disk)."""
         await self.shutdown()
         await asyncio.to_thread(self.workspace.destroy)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 async def open_session(sandbox: Sandbox, limits: SessionLimits) -> Session:

@@ -166,10 +166,7 @@ class Workspace:
         try:
             os.fchown(fd, self.uid, self.gid)
             os.set_blocking(fd, True)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, data)
         except OSError as exc:
             raise SandboxError(f"cannot write {path!r} in the workspace: {exc.strerror}") from exc
         finally:
@@ -215,6 +212,13 @@ class Workspace:
                 )  # fmt: skip
                 entries.append(Entry(entry.name, kind, st.st_size, st.st_mtime))
         return sorted(entries, key=lambda e: e.name)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Writes all of ``data`` to a blocking ``fd`` (a write may take only part)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def restore_dir(fd: int, mode: int) -> None:
