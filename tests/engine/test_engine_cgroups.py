@@ -273,6 +273,9 @@ def test_v1_renew_makes_only_a_new_memory_cgroup(tmp_path: Path) -> None:
     assert (first.by_controller["cpu"] / "cpu.cfs_quota_us").read_text() == "50000"
     renewed.set_limits(64 << 20, 10)
     assert (renewed.by_controller["cpu"] / "cpu.cfs_quota_us").read_text() == "-1"
+    # The kernel refuses quotas under 1 ms (EINVAL, a 500 once): a tiny share gets 1 ms.
+    renewed.set_limits(64 << 20, 10, cpus=5e-324)
+    assert (renewed.by_controller["cpu"] / "cpu.cfs_quota_us").read_text() == "1000"
 
 
 def test_v1_with_joint_cpu_cpuacct_mount(tmp_path: Path) -> None:
