@@ -7,7 +7,7 @@ Each round measures, in turn, so drift on the machine hits all alike (with a pau
 after each, so that warm pools refill as they would between a client's creates):
 - bare: spawning /bin/true on the host (the floor);
 - session: a new long-lived sandbox (bwrap, namespaces, cgroup, tmpfs) and its
-  first command's result (the engine, execbox.sandbox.session);
+  first command's result (the engine, execbox.engine.session);
 - service: the same through the sandbox service (its warm pool of started sessions,
   limits, the SQLite record, the expiry timer, the command's log), as an API request
   does minus HTTP;
@@ -39,9 +39,9 @@ import httpx
 
 from execbox.benchmark import _bare, _percentile
 from execbox.config import get_settings
+from execbox.engine import Command, Sandbox
+from execbox.engine.session import SessionLimits, command_limits, open_session
 from execbox.models import Verdict
-from execbox.sandbox import Command, Sandbox
-from execbox.sandbox.session import SessionLimits, command_limits, open_session
 from execbox.sandboxes.schemas import CommandCreate, SandboxCreate
 from execbox.sandboxes.service import SandboxService
 from execbox.store import Database

@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from execbox.config import Settings
+from execbox.engine import Command, Sandbox
 from execbox.models import ExecutionRequest, Limits, Verdict
-from execbox.runner import Runner, sandbox_limits
-from execbox.sandbox import Command, Sandbox
+from execbox.runner import Runner
+from execbox.runner.plan import sandbox_limits
 
 PYTHON = ["/usr/bin/python3", "-c", "print(1+1)"]
 TRUE = ["/bin/true"]

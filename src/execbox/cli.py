@@ -19,10 +19,10 @@ from rich.table import Table
 from execbox.client import ExecboxError
 from execbox.client.remote import run_remote
 from execbox.config import get_settings
+from execbox.engine import SandboxError
 from execbox.languages import Languages
 from execbox.models import ExecutionRequest, ExecutionResult, Limits, SourceFile, Verdict
 from execbox.runner import InvalidRequest, Runner, RunnerEvent
-from execbox.sandbox import SandboxError
 
 app = typer.Typer(
     help=(
@@ -312,7 +312,7 @@ def worker(
     servers'. On SIGTERM it takes no new job, lets running ones finish for
     EXECBOX_SHUTDOWN_GRACE_S, and hands the rest back to the queue.
     """
-    from execbox.worker_cli import run_worker
+    from execbox.workers.main import run_worker
 
     run_worker(concurrency)
 

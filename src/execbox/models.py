@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from execbox.jobs.states import Status
+
 MAX_FILES = 256
 MAX_TESTS = 500
 
@@ -27,14 +29,6 @@ class Verdict(StrEnum):
     OUTPUT_LIMIT = "output_limit"
     WRONG_ANSWER = "wrong_answer"
     INTERNAL_ERROR = "internal_error"
-
-
-class Status(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 class Limits(BaseModel):

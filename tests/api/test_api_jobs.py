@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,19 +15,30 @@ import pytest
 import sqlalchemy as sa
 from api_kit import drop_schema
 
-from execbox.events import Lagged, LocalEventBus, Subscription
-from execbox.jobs import INTERACTIVE, IllegalTransition, JobService, new_job_id
+from execbox.bus import Lagged, LocalEventBus, Subscription
+from execbox.jobs.recovery import recover_after_restart
+from execbox.jobs.service import JobService
+from execbox.jobs.states import IllegalTransition
 from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage, Status, Verdict
 from execbox.queue import LocalQueue
-from execbox.store import Database, EventKind, Job, JobEvent, JobStore, utcnow
+from execbox.store import Database, EventKind, JobEvent, JobStore
 from execbox.store.wal import CHECKPOINT_EVERY, WalCheckpointer
 
 LANG = LanguageRef(name="python", version="3")
 REQUEST = ExecutionRequest(language="python", code="print(1)")
 
 
+@dataclass
+class Backing:
+    """What a JobService is built over (it exposes none of it)."""
+
+    store: JobStore
+    bus: LocalEventBus
+    queue: LocalQueue
+
+
 @pytest.fixture
-async def jobs(backend: dict[str, str]) -> AsyncIterator[JobService]:
+async def backing(backend: dict[str, str]) -> AsyncIterator[Backing]:
     tmp = Path(tempfile.mkdtemp(prefix="execbox-store-"))
     schema = None
     if "EXECBOX_DATABASE_URL" in backend:
@@ -37,12 +49,17 @@ async def jobs(backend: dict[str, str]) -> AsyncIterator[JobService]:
     db = Database(url, schema)
     await db.migrate()
     try:
-        yield JobService(JobStore(db), LocalEventBus(), LocalQueue(100))
+        yield Backing(JobStore(db), LocalEventBus(), LocalQueue(100))
     finally:
         await db.close()
         if schema:
             await asyncio.to_thread(drop_schema, schema)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def jobs(backing: Backing) -> JobService:
+    return JobService(backing.store, backing.bus, backing.queue)
 
 
 def _result(stdout: str = "1\n") -> ExecutionResult:
@@ -72,10 +89,12 @@ async def test_illegal_transitions_are_refused(jobs: JobService) -> None:
     assert (await jobs.get(job.id)).status == Status.COMPLETED
 
 
-async def test_transitions_are_persisted_before_they_are_published(jobs: JobService) -> None:
+async def test_transitions_are_persisted_before_they_are_published(
+    jobs: JobService, backing: Backing
+) -> None:
     job = await jobs.submit(REQUEST, LANG)
     seen: list[tuple[int, int]] = []
-    async with jobs.bus.subscribe(job.id) as subscription:
+    async with backing.bus.subscribe(job.id) as subscription:
 
         async def follow() -> None:
             async for event in subscription:
@@ -91,14 +110,14 @@ async def test_transitions_are_persisted_before_they_are_published(jobs: JobServ
         await follower
     assert len(seen) == 4
     assert all(stored >= heard for heard, stored in seen)
-    events = await jobs.store.events(job.id)
+    events = await backing.store.events(job.id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [e.kind for e in events] == [
         EventKind.STATUS, EventKind.STATUS, EventKind.STDOUT, EventKind.STATUS, EventKind.RESULT,
     ]  # fmt: skip
 
 
-async def test_recovery_requeues_or_gives_up(jobs: JobService) -> None:
+async def test_recovery_requeues_or_gives_up(jobs: JobService, backing: Backing) -> None:
     fresh = await jobs.submit(REQUEST, LANG)
     await jobs.claim(fresh.id)
     tired = await jobs.submit(REQUEST, LANG)
@@ -108,48 +127,39 @@ async def test_recovery_requeues_or_gives_up(jobs: JobService) -> None:
     await jobs.claim(tired.id)  # third start
     waiting = await jobs.submit(REQUEST, LANG)
 
-    restarted = JobService(jobs.store, LocalEventBus(), LocalQueue(100))  # as after a restart
-    assert await restarted.recover(max_attempts=3) == 2
+    queue = LocalQueue(100)
+    restarted = JobService(backing.store, LocalEventBus(), queue)  # as after a restart
+    assert await recover_after_restart(restarted, max_attempts=3) == 2
     assert (await jobs.get(fresh.id)).status == Status.QUEUED
     failed = await jobs.get(tired.id)
     assert failed.status == Status.FAILED
     assert failed.error_message and "3 times" in failed.error_message
-    queued = {await restarted.queue.get(), await restarted.queue.get()}
+    queued = {await queue.get(), await queue.get()}
     assert queued == {fresh.id, waiting.id}
 
 
 async def test_recovery_cancels_interactive_jobs_instead_of_rerunning_them(
-    jobs: JobService,
+    jobs: JobService, backing: Backing
 ) -> None:
     """Their stdin was a WebSocket that died with the server: a re-run would read EOF."""
     sessions = []
     for _ in range(2):  # one running, one not yet claimed when the server died
-        # As WS /v1/executions/interactive records its jobs: the first status says why.
-        job = Job(
-            id=new_job_id(),
-            status=Status.QUEUED,
-            language=LANG.name,
-            language_version=LANG.version,
-            request=REQUEST,
-            created_at=utcnow(),
-        )
-        await jobs.store.create(
-            job, [JobEvent(EventKind.STATUS, {"status": "queued", "reason": INTERACTIVE})]
-        )
+        job = await jobs.submit(REQUEST, LANG, interactive=True)
         sessions.append(job.id)
     await jobs.claim(sessions[0])
     plain = await jobs.submit(REQUEST, LANG)
 
-    restarted = JobService(jobs.store, LocalEventBus(), LocalQueue(100))
-    assert await restarted.recover(max_attempts=3) == 1
-    assert await restarted.queue.get() == plain.id
+    queue = LocalQueue(100)
+    restarted = JobService(backing.store, LocalEventBus(), queue)
+    assert await recover_after_restart(restarted, max_attempts=3) == 1
+    assert await queue.get() == plain.id
     for job_id in sessions:
         assert (await jobs.get(job_id)).status == Status.CANCELLED
-        reasons = [e.data.get("reason") for e in await jobs.store.events(job_id) if e.data]
+        reasons = [e.data.get("reason") for e in await backing.store.events(job_id) if e.data]
         assert "the interactive session ended: the server restarted" in reasons
 
 
-async def test_old_finished_jobs_are_pruned(jobs: JobService) -> None:
+async def test_old_finished_jobs_are_pruned(jobs: JobService, backing: Backing) -> None:
     old = await jobs.submit(REQUEST, LANG)
     await jobs.claim(old.id)
     await jobs.complete(old.id, _result())
@@ -157,7 +167,7 @@ async def test_old_finished_jobs_are_pruned(jobs: JobService) -> None:
     await jobs.claim(running.id)
     assert await jobs.prune(timedelta(days=1)) == 0
     assert await jobs.prune(timedelta(seconds=-1)) == 1  # everything finished is "old"
-    assert await jobs.store.events(old.id) == []
+    assert await backing.store.events(old.id) == []
     assert (await jobs.get(running.id)).status == Status.RUNNING
 
 

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from execbox.api.app import create_app
 from execbox.config import Settings
+from execbox.engine import SandboxError
 from execbox.models import ExecutionRequest, ExecutionResult
-from execbox.sandbox import SandboxError
-from execbox.services import Services
 from execbox.store import Database
+from execbox.wiring import Services
 
 
 def test_languages(client: httpx.Client) -> None:

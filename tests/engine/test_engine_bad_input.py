@@ -10,7 +10,8 @@ from engine_kit import describe, execute, run_stage
 from pydantic import ValidationError
 
 from execbox.models import ExecutionRequest, Verdict
-from execbox.runner import MAX_SOURCE_BYTES, InvalidRequest, Runner, UnknownLanguage
+from execbox.runner import InvalidRequest, Runner, UnknownLanguage
+from execbox.runner.plan import MAX_SOURCE_BYTES
 
 
 def b64(data: bytes) -> str:

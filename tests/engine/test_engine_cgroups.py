@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from execbox.runner import Runner
-from execbox.sandbox import cgroups
-from execbox.sandbox.cgroups import (
+from execbox.engine import cgroups
+from execbox.engine.cgroups import (
     V1Manager,
     V1RunCgroup,
     V2Manager,
     V2RunCgroup,
     detect,
 )
-from execbox.sandbox.errors import SandboxUnavailable
+from execbox.engine.errors import SandboxUnavailable
+from execbox.runner import Runner
 
 V2_ROOT_FILES = {
     "cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n",

@@ -710,10 +710,10 @@ async def test_planted_symlinks_are_never_followed_by_the_host(
 ) -> None:
     """A program plants links to host files under every name the host might touch; the
     host's workspace helpers refuse them (Judge0 CVE-2024-28185/28189)."""
+    from execbox.engine import Command, WorkspacePathError
+    from execbox.engine.workspace import split_path
     from execbox.models import ResolvedLimits
-    from execbox.runner import sandbox_limits
-    from execbox.sandbox import Command, WorkspacePathError
-    from execbox.sandbox.workspace import split_path
+    from execbox.runner.plan import sandbox_limits
 
     sandbox = runner.sandbox
     limits = sandbox_limits(

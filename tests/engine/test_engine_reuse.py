@@ -13,9 +13,9 @@ import pytest_asyncio
 from engine_kit import HostGuard, describe, execute, run_stage, stdout
 
 from execbox.config import Settings
+from execbox.engine.box import Box
 from execbox.models import Verdict
 from execbox.runner import Runner
-from execbox.sandbox.box import Box
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from engine_kit import describe, execute, run_stage, stdout
 
 from execbox.models import ExecutionRequest, ExecutionResult, Verdict
-from execbox.runner import Runner, RunnerEvent, outputs_match
+from execbox.runner import Runner, RunnerEvent
+from execbox.runner.results import outputs_match
 
 DOUBLE = "n = int(input())\nprint(n * 2)\n"
 

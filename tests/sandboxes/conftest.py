@@ -17,8 +17,8 @@ import pytest
 import pytest_asyncio
 
 from execbox.config import Settings
-from execbox.sandbox import Sandbox
-from execbox.sandbox.netns import NamespaceDialer
+from execbox.engine import Sandbox
+from execbox.engine.netns import NamespaceDialer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from api_kit import Server  # the API suite's real-server helper

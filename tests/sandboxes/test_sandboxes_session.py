@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from execbox.engine import Command, Sandbox
+from execbox.engine.netns import NamespaceDialer
+from execbox.engine.session import Session, SessionLimits, command_limits, open_session
 from execbox.models import Verdict
-from execbox.sandbox import Command, Sandbox
-from execbox.sandbox.netns import NamespaceDialer
-from execbox.sandbox.session import Session, SessionLimits, command_limits, open_session
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -81,7 +81,7 @@ class Worker:
 
     def start(self, concurrency: int) -> None:
         env = {**os.environ, "EXECBOX_DATA_DIR": str(self.data_dir), **self.env}
-        code = f"from execbox.worker_cli import run_worker; run_worker({concurrency})"
+        code = f"from execbox.workers.main import run_worker; run_worker({concurrency})"
         with open(self.data_dir / "worker.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from scaleout_kit import PG_URL, drop_schema, reachable
 
-from execbox.events import LocalEventBus
-from execbox.jobs import JobService, LeaseLost
+from execbox.bus import LocalEventBus
+from execbox.jobs.service import JobService, LeaseLost
 from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage, Status, Verdict
 from execbox.queue import LocalQueue
 from execbox.store import Database, EventKind, JobEvent, JobStore
@@ -27,20 +27,25 @@ LOST = {"reason": "worker w1 stopped answering", "lost": "its worker stopped ans
 
 
 @pytest.fixture
-async def jobs() -> AsyncIterator[JobService]:
+async def store() -> AsyncIterator[JobStore]:
     if not reachable(5432):
         pytest.skip("needs PostgreSQL at 127.0.0.1:5432 (db `test`, trust auth)")
     schema = f"execbox_leases_{secrets.token_hex(4)}"
     db = Database(PG_URL, schema)
     await db.migrate()
     try:
-        yield JobService(JobStore(db), LocalEventBus(), LocalQueue(100))
+        yield JobStore(db)
     finally:
         await db.close()
         await asyncio.to_thread(drop_schema, schema)
 
 
-async def test_a_run_taken_over_cannot_write(jobs: JobService) -> None:
+@pytest.fixture
+def jobs(store: JobStore) -> JobService:
+    return JobService(store, LocalEventBus(), LocalQueue(100))
+
+
+async def test_a_run_taken_over_cannot_write(jobs: JobService, store: JobStore) -> None:
     job = await jobs.submit(REQUEST, LANG)
     first = await jobs.claim(job.id, "w1")
     assert first is not None and first.attempts == 1
@@ -57,7 +62,7 @@ async def test_a_run_taken_over_cannot_write(jobs: JobService) -> None:
     await jobs.record(job.id, output, fence=second.attempts)
     done = await jobs.complete(job.id, RESULT, fence=second.attempts)
     assert done.status == Status.COMPLETED
-    kinds = [e.kind for e in await jobs.store.events(job.id)]
+    kinds = [e.kind for e in await store.events(job.id)]
     assert kinds.count(EventKind.RESULT) == 1 and kinds.count(EventKind.STDOUT) == 1
 
 
@@ -79,8 +84,8 @@ async def test_leases_expire_unless_renewed(jobs: JobService) -> None:
     silent = await jobs.submit(REQUEST, LANG)
     for job in (renewed, silent):
         await jobs.claim(job.id, "w1")
-    assert await jobs.store.expired_leases(3600) == []
+    assert await jobs.expired_leases(3600) == []
     await asyncio.sleep(1.2)
-    assert await jobs.store.renew_leases("w1", [renewed.id]) == [renewed.id]
-    assert await jobs.store.renew_leases("w2", [silent.id]) == []  # not its worker
-    assert [job.id for job in await jobs.store.expired_leases(1)] == [silent.id]
+    assert await jobs.renew_leases("w1", [renewed.id]) == [renewed.id]
+    assert await jobs.renew_leases("w2", [silent.id]) == []  # not its worker
+    assert [job.id for job in await jobs.expired_leases(1)] == [silent.id]

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 import pytest
 from scaleout_kit import PG_URL, REDIS_URL, reachable, redis_up, remove
 
+from execbox.bus import LocalEventBus
 from execbox.config import Settings
-from execbox.events import LocalEventBus
-from execbox.jobs import JobService
+from execbox.jobs.service import JobService
 from execbox.models import ExecutionRequest, LanguageRef, Status
 from execbox.queue.redis import RedisQueue, connect
-from execbox.scaleout import Recovery
 from execbox.store import Database, JobStore
+from execbox.workers.upkeep import Recovery
 
 LANG = LanguageRef(name="bash")
 REQUEST = ExecutionRequest(language="bash", code="echo 1")
@@ -63,7 +63,7 @@ async def test_lost_runs_and_lost_queue_entries_are_recovered(
     await jobs.claim(fresh.id, "the-survivor")
 
     await asyncio.sleep(1)  # the orphan's lease (0.5 s) runs out
-    await jobs.store.renew_leases("the-survivor", [fresh.id])
+    await jobs.renew_leases("the-survivor", [fresh.id])
     await recovery.reconcile()
 
     assert (await jobs.get(orphan.id)).status == Status.QUEUED

@@ -16,7 +16,7 @@ from execbox.api import executions, interactive, sandboxes, system, workers
 from execbox.api.middleware import BodyLimit, RequestContext
 from execbox.api.problems import install_problem_handlers, use_problem_media_type
 from execbox.config import Settings
-from execbox.services import Services
+from execbox.wiring import Services
 
 
 def create_app(settings: Settings) -> FastAPI:

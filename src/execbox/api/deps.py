@@ -11,7 +11,7 @@ from starlette.requests import HTTPConnection
 
 from execbox.api.problems import ProblemError
 from execbox.config import Settings
-from execbox.services import Services
+from execbox.wiring import Services
 
 _bearer = HTTPBearer(auto_error=False, description="An API key as a Bearer token")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key")

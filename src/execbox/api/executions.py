@@ -12,13 +12,14 @@ from execbox.api.deps import ServicesDep, require_api_key
 from execbox.api.problems import ProblemError, problem_responses
 from execbox.api.schemas import Activity, ActivityEntry, ExecutionList
 from execbox.api.streaming import execution_events
-from execbox.jobs import new_job_id, to_result
+from execbox.jobs.results import to_result
+from execbox.jobs.service import new_job_id
 from execbox.models import ExecutionRequest, ExecutionResult, Status
 from execbox.queue import QueueFull
 from execbox.runner import InvalidRequest
-from execbox.services import Services
-from execbox.store import ACTIVITY_KINDS, Job
+from execbox.store import Job
 from execbox.webhooks import CallbackUrlError, check_callback_url
+from execbox.wiring import Services
 
 router = APIRouter(
     prefix="/v1/executions",
@@ -62,19 +63,23 @@ async def create_execution(
         response.status_code = 202
         response.headers["Location"] = f"/v1/executions/{job.id}"
         return to_result(job)
-    job_id = new_job_id()
-    async with services.bus.subscribe(job_id) as subscription:
-        await _submit(services, request, job_id)
-        return await services.jobs.wait(job_id, subscription)
+    try:
+        return await services.jobs.submit_and_wait(request, services.language_ref(request.language))
+    except QueueFull as exc:
+        raise _busy(exc) from exc
 
 
 async def _submit(services: Services, request: ExecutionRequest, job_id: str) -> Job:
     try:
         return await services.jobs.submit(request, services.language_ref(request.language), job_id)
     except QueueFull as exc:
-        raise ProblemError(
-            429, f"{exc}; try again later", headers={"Retry-After": str(exc.retry_after_s)}
-        ) from exc
+        raise _busy(exc) from exc
+
+
+def _busy(exc: QueueFull) -> ProblemError:
+    return ProblemError(
+        429, f"{exc}; try again later", headers={"Retry-After": str(exc.retry_after_s)}
+    )
 
 
 @router.get("", response_model=ExecutionList, responses=problem_responses(422))
@@ -87,7 +92,7 @@ async def list_executions(
     ] = None,
 ) -> ExecutionList:
     """Executions, newest first."""
-    jobs = await services.jobs.store.list(status=status, limit=limit, before=cursor)
+    jobs = await services.jobs.list(status=status, limit=limit, before=cursor)
     return ExecutionList(
         items=[to_result(job) for job in jobs],
         next_cursor=jobs[-1].id if len(jobs) == limit else None,
@@ -148,8 +153,7 @@ async def stream_execution(
 )
 async def execution_activity(job_id: JobId, services: ServicesDep) -> Activity:
     """The persisted log: transitions, stages, errors, with their times."""
-    job = await services.jobs.get(job_id)
-    events = await services.jobs.store.events(job_id, kinds=ACTIVITY_KINDS)
+    job, events = await services.jobs.activity(job_id)
     return Activity(
         id=job.id,
         status=job.status,

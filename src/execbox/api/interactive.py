@@ -43,13 +43,12 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from execbox.jobs import INTERACTIVE, new_job_id, to_result
+from execbox.jobs.results import to_result
+from execbox.jobs.service import new_job_id
 from execbox.logging import internal_error
-from execbox.models import ExecutionRequest, ExecutionResult, Status
+from execbox.models import ExecutionRequest
 from execbox.runner import InvalidRequest, RunnerEvent
-from execbox.services import Services
-from execbox.store import EventKind, Job, JobEvent, utcnow
-from execbox.worker import EventLog
+from execbox.wiring import Services
 
 router = APIRouter()
 
@@ -105,23 +104,19 @@ class _Outbox:
 
 
 class _Sessions:
-    """The interactive runs of this process, so that a cancel request reaches them."""
+    """The interactive runs of this process, counted against their limit."""
 
-    def __init__(self, services: Services) -> None:
-        self.running: dict[str, _Session] = {}
-        self.limit = services.settings.workers * SESSIONS_PER_WORKER
-        services.bus.on_cancel_request(self._on_cancel)
-
-    def _on_cancel(self, job_id: str) -> None:
-        session = self.running.get(job_id)
-        if session is not None:
-            session.kill()
+    def __init__(self, limit: int) -> None:
+        self.running: set[str] = set()
+        self.limit = limit
 
 
 def _sessions(websocket: WebSocket) -> _Sessions:
     state = websocket.app.state
     if getattr(state, "interactive_sessions", None) is None:
-        state.interactive_sessions = _Sessions(state.services)
+        state.interactive_sessions = _Sessions(
+            state.services.settings.workers * SESSIONS_PER_WORKER
+        )
     sessions: _Sessions = state.interactive_sessions
     return sessions
 
@@ -210,20 +205,16 @@ class _Session:
         self.outbox = _Outbox()
         self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.job_id = new_job_id()
-        self._killed = False
-        self._execution: asyncio.Task[ExecutionResult] | None = None
 
     def kill(self) -> None:
         """Kills the program (or, before it started, makes it end cancelled at once).
-        Only the execution is cancelled, never the task that records the job, so the
-        job always gets its end written."""
-        self._killed = True
-        if self._execution is not None:
-            self._execution.cancel()
+        Only the run is stopped, never the task that records the job, so the job
+        always gets its end written."""
+        self.services.job_runner.stop(self.job_id, "cancel")
 
     async def serve(self) -> None:
         run = asyncio.create_task(self._run())
-        self.sessions.running[self.job_id] = self
+        self.sessions.running.add(self.job_id)
         sender = asyncio.create_task(self._send())
         receiver = asyncio.create_task(self._receive())
         try:
@@ -231,11 +222,12 @@ class _Session:
             # sent it, or when the client is gone.
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.kill()  # the client is gone (or all is done: then a no-op)
+            if not run.done():
+                self.kill()  # the client is gone
             receiver.cancel()
             await run  # the job's end is recorded before the handler returns
             sender.cancel()
-            self.sessions.running.pop(self.job_id, None)
+            self.sessions.running.discard(self.job_id)
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await self.websocket.close()
 
@@ -264,8 +256,8 @@ class _Session:
                 elif kind == "kill":
                     self.kill()
                 else:
-                    self.outbox.put(_error(400, f"unknown message {kind!r}: expected stdin, "
-                                               "close_stdin or kill"))  # fmt: skip
+                    detail = f"unknown message {kind!r}: expected stdin, close_stdin or kill"
+                    self.outbox.put(_error(400, detail))
 
     async def _program_stdin(self) -> AsyncIterator[bytes]:
         if self.request.stdin:
@@ -273,74 +265,30 @@ class _Session:
         while (data := await self.stdin.get()) is not None:
             yield data
 
-    def _on_event(self, events: EventLog, event: RunnerEvent) -> None:
-        events.add(event)
+    def _on_event(self, event: RunnerEvent) -> None:
         if event.kind == "stage":
             self.outbox.put({"type": "status", "status": "running", "stage": event.stage})
         else:
             self.outbox.output(event.kind, event.stage, event.data)
 
-    async def _start(self) -> Job:
-        jobs = self.services.jobs
-        language = self.services.language_ref(self.request.language)
-        job = Job(
-            id=self.job_id,
-            status=Status.QUEUED,
-            language=language.name,
-            language_version=language.version,
-            request=self.request,
-            created_at=utcnow(),
-        )
-        created = await jobs.store.create(
-            job, [JobEvent(EventKind.STATUS, {"status": "queued", "reason": INTERACTIVE})]
-        )
-        await jobs.bus.publish(job.id, created)
-        claimed = await jobs.claim(job.id)
-        assert claimed is not None  # nobody else knows of this job yet
-        return claimed
-
     async def _run(self) -> None:
+        services = self.services
         try:
-            await self._run_job()
+            language = services.language_ref(self.request.language)
+            await services.jobs.submit(self.request, language, self.job_id, interactive=True)
+            self.outbox.put({"type": "status", "status": "running", "id": self.job_id})
+            job = await services.job_runner.run_job(
+                self.job_id, stdin=self._program_stdin(), on_event=self._on_event
+            )
+            if job is None:  # recorded by someone else (recovery, say): read it back
+                job = await services.jobs.get(self.job_id)
         except Exception:
             # The job could not even be created or recorded (the store is down?).
             debug_id = internal_error("interactive run failed", job_id=self.job_id)
             detail = "execbox could not run or record this run (an internal error)"
             self.outbox.put({**_error(500, detail), "debug_id": debug_id})
-
-    async def _run_job(self) -> None:
-        jobs = self.services.jobs
-        metrics = self.services.metrics
-        job = await self._start()
-        self.outbox.put({"type": "status", "status": "running", "id": job.id})
-        metrics.record_started(job)
-        events = EventLog(jobs, job.id)
-        self._execution = asyncio.create_task(
-            self.services.runner.execute(
-                self.request,
-                on_event=lambda event: self._on_event(events, event),
-                stdin=self._program_stdin(),
-            )
-        )
-        if self._killed:
-            self._execution.cancel()
-        try:
-            result = await self._execution
-        except asyncio.CancelledError:
-            if not self._killed:
-                raise  # this task itself is cancelled: not a kill
-            job = await jobs.cancelled(job.id, await events.close())
-        except Exception:
-            debug_id = internal_error("interactive run failed", job_id=job.id)
-            message = "execbox failed to run this job (an internal error)"
-            job = await jobs.fail(job.id, message, debug_id, await events.close())
-        else:
-            job = await jobs.complete(job.id, result, await events.close())
-        finally:
-            metrics.record_finished()
-        final = to_result(job)
-        metrics.record_result(final)
-        self.outbox.put({"type": "result", **final.model_dump(mode="json")})
+            return
+        self.outbox.put({"type": "result", **to_result(job).model_dump(mode="json")})
 
 
 def _error(status: int, detail: str) -> dict[str, Any]:

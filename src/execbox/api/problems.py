@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from execbox.jobs import IllegalTransition, JobNotFound
+from execbox.jobs.service import JobNotFound
+from execbox.jobs.states import IllegalTransition
 from execbox.logging import internal_error
 from execbox.outage import OUTAGE_ERRORS, unavailable
 

@@ -39,7 +39,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from execbox.api.deps import require_api_key
 from execbox.api.problems import ProblemError, problem_responses
-from execbox.sandbox import WorkspacePathError
+from execbox.engine import WorkspacePathError
 from execbox.sandboxes.builds import BuildNotFound, Builds
 from execbox.sandboxes.eventlog import EventLog
 from execbox.sandboxes.schemas import (
@@ -66,7 +66,7 @@ from execbox.sandboxes.service import (
     TooManyCommands,
     TooManySandboxes,
 )
-from execbox.services import Services
+from execbox.wiring import Services
 
 # Headers that belong to one hop (RFC 9110 §7.6.1), and the caller's credentials for
 # execbox, which the sandbox must never see.

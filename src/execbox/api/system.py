@@ -14,7 +14,7 @@ from execbox.api.deps import ServicesDep, require_api_key
 from execbox.api.problems import problem_response, problem_responses
 from execbox.api.schemas import Health
 from execbox.languages import LanguageInfo
-from execbox.services import Services
+from execbox.wiring import Services
 
 router = APIRouter()
 

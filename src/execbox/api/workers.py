@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from execbox.api.deps import ServicesDep, require_api_key
 from execbox.api.problems import problem_responses
-from execbox.workers_registry import WorkerInfo
+from execbox.workers.registry import WorkerInfo
 
 router = APIRouter(
     tags=["operations"], dependencies=[Depends(require_api_key)], responses=problem_responses(401)

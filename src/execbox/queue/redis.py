@@ -5,7 +5,7 @@ gives the hand-over of a job to exactly one worker (BLMOVE queued → active), a
 sweeper that puts a job whose worker stopped heart-beating back in the queue. Its
 defaults (a 10 s timeout, no heartbeat, a sweep a minute) suit none of this, so
 every job is enqueued with its own timeout and heartbeat (see ``put``), and workers
-sweep every ``heartbeat_s`` (see execbox.scaleout).
+sweep every ``heartbeat_s`` (see execbox.workers.upkeep).
 
 SAQ delivers a job at least once; execbox's attempt fence (JobService.claim) makes
 a second delivery harmless.

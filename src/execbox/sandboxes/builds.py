@@ -21,15 +21,15 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from execbox.logging import internal_error
-from execbox.models import Stage
-from execbox.sandbox import (
+from execbox.engine import (
     Command,
     SandboxError,
     SandboxLimits,
     SandboxResult,
     WorkspacePathError,
 )
+from execbox.logging import internal_error
+from execbox.models import Stage
 from execbox.sandboxes.eventlog import EventLog
 from execbox.sandboxes.schemas import (
     BuildCreate,

@@ -26,18 +26,18 @@ import httpcore
 import structlog
 
 from execbox.config import Settings
-from execbox.runner import to_stage
-from execbox.sandbox import Command, Sandbox, SandboxError, SandboxResult
-from execbox.sandbox.bwrap import WORKDIR
-from execbox.sandbox.netns import NamespaceDialer, SandboxNetwork
-from execbox.sandbox.session import (
+from execbox.engine import Command, Sandbox, SandboxError, SandboxResult
+from execbox.engine.bwrap import WORKDIR
+from execbox.engine.netns import NamespaceDialer, SandboxNetwork
+from execbox.engine.session import (
     Process,
     Session,
     SessionLimits,
     command_limits,
     open_session,
 )
-from execbox.sandbox.workspace import Entry, split_path
+from execbox.engine.workspace import Entry, split_path
+from execbox.runner.results import to_stage
 from execbox.sandboxes.eventlog import EventLog
 from execbox.sandboxes.schemas import (
     BuildInfo,

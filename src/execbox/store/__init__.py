@@ -2,12 +2,11 @@
 
 from execbox.store.db import Database
 from execbox.store.records import ACTIVITY_KINDS, STREAM_KINDS, EventKind, Job, JobEvent, utcnow
-from execbox.store.repository import TERMINAL, JobStore
+from execbox.store.repository import JobStore
 
 __all__ = [
     "ACTIVITY_KINDS",
     "STREAM_KINDS",
-    "TERMINAL",
     "Database",
     "EventKind",
     "Job",

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from execbox.models import ExecutionRequest, Status, Verdict
+from execbox.jobs.states import Status
+from execbox.models import ExecutionRequest, Verdict
 
 
 def utcnow() -> datetime:
@@ -55,6 +56,9 @@ class Job:
     finished_at: datetime | None = None
     worker_id: str | None = None
     heartbeat_at: datetime | None = None
+    # Its stdin is a live connection (WS /v1/executions/interactive): only the process
+    # holding it can run the job, and never again once it is gone.
+    interactive: bool = False
 
     @property
     def callback_url(self) -> str | None:

@@ -18,12 +18,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from execbox.models import ExecutionRequest, Status, Verdict
+from execbox.jobs.states import TERMINAL, Status
+from execbox.models import ExecutionRequest, Verdict
 from execbox.store.db import Connection, Database
 from execbox.store.records import EventKind, Job, JobEvent
 from execbox.store.schema import job_events, jobs
-
-TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
 _INSERT_JOB = jobs.insert()
 _INSERT_EVENTS = job_events.insert()
@@ -59,6 +58,7 @@ def _job(row: sa.Row[Any]) -> Job:
         finished_at=row.finished_at,
         worker_id=row.worker_id,
         heartbeat_at=row.heartbeat_at,
+        interactive=row.interactive,
     )
 
 
@@ -146,6 +146,7 @@ class JobStore:
                     "attempts": job.attempts,
                     "event_seq": len(events),
                     "created_at": job.created_at,
+                    "interactive": job.interactive,
                 },
             )
             await self._insert_events(conn, job.id, numbered)

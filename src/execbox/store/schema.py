@@ -49,6 +49,7 @@ jobs = sa.Table(
     # Scale-out: who runs the job, and when it last said it still does (the lease).
     sa.Column("worker_id", sa.String(64)),
     sa.Column("heartbeat_at", UTCDateTime),
+    sa.Column("interactive", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_jobs_status_id", "status", "id"),
     sa.Index("ix_jobs_finished_at", "finished_at"),
 )

@@ -1,10 +1,10 @@
 """Isolation only: runs one argv in a fresh, locked-down environment and reports
 what happened. Knows nothing of languages or jobs."""
 
-from execbox.sandbox.command import Command, SandboxLimits, SandboxResult
-from execbox.sandbox.engine import Sandbox
-from execbox.sandbox.errors import SandboxError, SandboxUnavailable
-from execbox.sandbox.workspace import Workspace, WorkspacePathError
+from execbox.engine.command import Command, SandboxLimits, SandboxResult
+from execbox.engine.engine import Sandbox
+from execbox.engine.errors import SandboxError, SandboxUnavailable
+from execbox.engine.workspace import Workspace, WorkspacePathError
 
 __all__ = [
     "Command",

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from execbox.sandbox.errors import SandboxError
+from execbox.engine.errors import SandboxError
 
 MS_NOSUID = 0x2
 MS_NODEV = 0x4

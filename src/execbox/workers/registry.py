@@ -20,10 +20,11 @@ from importlib.metadata import version
 from pydantic import BaseModel, Field
 from saq.queue.redis import RedisQueue as SaqQueue
 
+from execbox.jobs.execution import JobRunner
 from execbox.models import LanguageRef
 from execbox.runner import Runner
 from execbox.store import utcnow
-from execbox.worker import WorkerPool
+from execbox.workers.pool import WorkerPool
 
 
 class WorkerInfo(BaseModel):
@@ -49,6 +50,7 @@ class LocalWorker:
 
     id: str
     pool: WorkerPool
+    job_runner: JobRunner
     runner: Runner
     started_at: datetime = field(default_factory=utcnow)
 
@@ -58,7 +60,7 @@ class LocalWorker:
             host=socket.gethostname(),
             pid=os.getpid(),
             concurrency=self.pool.concurrency,
-            running_jobs=self.pool.running_jobs,
+            running_jobs=self.job_runner.running_jobs,
             version=version("execbox"),
             languages=[
                 LanguageRef(name=lang.name, version=lang.version)

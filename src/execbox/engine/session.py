@@ -28,10 +28,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from execbox.models import Verdict
-from execbox.sandbox.bwrap import INIT_PATH, bwrap_options
-from execbox.sandbox.cgroups import CgroupStats, RunCgroup
-from execbox.sandbox.command import (
+from execbox.engine.bwrap import INIT_PATH, bwrap_options
+from execbox.engine.cgroups import CgroupStats, RunCgroup
+from execbox.engine.command import (
     KILL_GRACE_S,
     READ_CHUNK,
     SANDBOX_OWN_PROCESSES,
@@ -44,13 +43,14 @@ from execbox.sandbox.command import (
     encode_command,
     make_result,
 )
-from execbox.sandbox.errors import SandboxError
-from execbox.sandbox.names import owned_name
-from execbox.sandbox.spawn import Spawned, read_pipe, write_pipe
-from execbox.sandbox.workspace import Workspace, write_all
+from execbox.engine.errors import SandboxError
+from execbox.engine.names import owned_name
+from execbox.engine.spawn import Spawned, read_pipe, write_pipe
+from execbox.engine.workspace import Workspace, write_all
+from execbox.models import Verdict
 
 if TYPE_CHECKING:
-    from execbox.sandbox.engine import Sandbox
+    from execbox.engine.engine import Sandbox
 
 CONTROL_FD = 3
 SECCOMP_FD = 4

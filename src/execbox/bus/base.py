@@ -1,9 +1,8 @@
-"""The event bus: a job's events, published after they are persisted, to whoever
-follows the job (SSE streams, synchronous callers), plus cancel requests to the
-worker running a job.
+"""The event bus's interface: a job's events, published after they are persisted, to
+whoever follows the job (SSE streams, synchronous callers), plus cancel requests to
+the worker running a job.
 
-The in-process bus serves the embedded mode; a Redis bus replaces it in scale-out
-mode behind the same interface.
+Two backends: in-process (local.py, the embedded mode) and Redis (redis.py, scale-out).
 """
 
 from __future__ import annotations
@@ -11,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from execbox.store import EventKind, JobEvent
 
@@ -79,33 +77,3 @@ class EventBus(ABC):
 
     async def close(self) -> None:
         return None
-
-
-class LocalEventBus(EventBus):
-    def __init__(self) -> None:
-        self._subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
-        self._cancel_handlers: list[CancelHandler] = []
-
-    async def publish(self, job_id: str, events: Sequence[JobEvent]) -> None:
-        for subscription in self._subscribers.get(job_id, ()):
-            for event in events:
-                subscription.deliver(event)
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self, job_id: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription()
-        self._subscribers[job_id].add(subscription)
-        try:
-            yield subscription
-        finally:
-            subscribers = self._subscribers[job_id]
-            subscribers.discard(subscription)
-            if not subscribers:
-                del self._subscribers[job_id]
-
-    async def request_cancel(self, job_id: str) -> None:
-        for handler in self._cancel_handlers:
-            handler(job_id)
-
-    def on_cancel_request(self, handler: CancelHandler) -> None:
-        self._cancel_handlers.append(handler)

@@ -9,10 +9,10 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from execbox.engine.bwrap import WORKDIR
+from execbox.engine.cgroups import CgroupStats
+from execbox.engine.errors import SandboxError
 from execbox.models import Verdict
-from execbox.sandbox.bwrap import WORKDIR
-from execbox.sandbox.cgroups import CgroupStats
-from execbox.sandbox.errors import SandboxError
 
 READ_CHUNK = 65536
 # After a kill, how long the program's pipes may take to close, and init to report.

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from execbox.events import CancelHandler, EventBus, Subscription
+from execbox.bus.base import CancelHandler, EventBus, Subscription
 from execbox.store import EventKind, JobEvent
 
 log = structlog.get_logger(__name__)

@@ -15,11 +15,11 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from execbox.sandbox.errors import SandboxUnavailable
+from execbox.engine.errors import SandboxUnavailable
 
 
 def _source() -> bytes:
-    return resources.files("execbox.sandbox").joinpath("init.c").read_bytes()
+    return resources.files("execbox.engine").joinpath("init.c").read_bytes()
 
 
 def init_binary(bin_dir: Path) -> Path:

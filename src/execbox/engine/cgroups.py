@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from execbox.sandbox.errors import SandboxUnavailable
+from execbox.engine.errors import SandboxUnavailable
 
 V1_CONTROLLERS = ("memory", "pids", "cpuacct", "cpu")
 # Where the processes of a container's root cgroup go so that it can delegate (v2).

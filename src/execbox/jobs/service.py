@@ -1,9 +1,4 @@
-"""Jobs: the lifecycle state machine, and the service that moves jobs through it.
-
-    queued ──► running ──► completed | failed | cancelled
-      │           │
-      │           └──► queued   (re-queued: server restart or shutdown mid-run)
-      └──► cancelled | failed
+"""The job service: moves jobs through their states (states.py).
 
 Every transition is written to the store (with its events, in one transaction)
 before it is published on the bus, so whoever hears of it can read it back.
@@ -15,37 +10,20 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import structlog
 
-from execbox.events import EventBus, Lagged, Subscription
-from execbox.models import ErrorInfo, ExecutionRequest, ExecutionResult, LanguageRef, Status
+from execbox.bus import EventBus, Lagged, Subscription
+from execbox.jobs.results import to_result
+from execbox.jobs.states import TERMINAL, IllegalTransition, Status, sources_of
+from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef
 from execbox.queue import JobQueue
-from execbox.store import TERMINAL, EventKind, Job, JobEvent, JobStore, utcnow
-
-# The reason on the first status event of a job whose stdin is a live connection
-# (WS /v1/executions/interactive): such a job cannot run again without it.
-INTERACTIVE = "interactive"
+from execbox.store import ACTIVITY_KINDS, STREAM_KINDS, EventKind, Job, JobEvent, JobStore, utcnow
 
 log = structlog.get_logger(__name__)
-
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.FAILED}),
-    Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.QUEUED}),
-    Status.COMPLETED: frozenset(),
-    Status.FAILED: frozenset(),
-    Status.CANCELLED: frozenset(),
-}
-
-
-class IllegalTransition(Exception):
-    def __init__(self, job_id: str, current: Status, target: Status) -> None:
-        super().__init__(f"job {job_id} is {current.value}; it cannot become {target.value}")
-        self.current = current
-        self.target = target
 
 
 class JobNotFound(LookupError):
@@ -59,36 +37,10 @@ class LeaseLost(Exception):
         super().__init__(f"job {job_id} is no longer at attempt {attempt}: another worker took it")
 
 
-def sources_of(target: Status) -> frozenset[Status]:
-    """The statuses a job may reach ``target`` from."""
-    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
-
-
 def new_job_id() -> str:
     """32 hex digits: microseconds since the epoch, then randomness. Sorting ids sorts
     jobs by creation, which makes the id the list order and the pagination cursor."""
     return f"{time.time_ns() // 1000:014x}{secrets.token_hex(9)}"
-
-
-def to_result(job: Job) -> ExecutionResult:
-    outcome = job.outcome or {}
-    return ExecutionResult(
-        id=job.id,
-        status=job.status,
-        language=LanguageRef(name=job.language, version=job.language_version),
-        verdict=job.verdict,
-        compile=outcome.get("compile"),
-        run=outcome.get("run"),
-        tests=outcome.get("tests"),
-        error=(
-            ErrorInfo(message=job.error_message or "", debug_id=job.error_debug_id)
-            if job.error_debug_id
-            else None
-        ),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
 
 
 def _status_event(status: Status, **detail: Any) -> JobEvent:
@@ -96,18 +48,68 @@ def _status_event(status: Status, **detail: Any) -> JobEvent:
 
 
 class JobService:
+    """Moves jobs through their states. Routes, the job runner and recovery use it; the
+    store, the bus and the queue behind it are its own."""
+
     def __init__(self, store: JobStore, bus: EventBus, queue: JobQueue) -> None:
-        self.store = store
-        self.bus = bus
-        self.queue = queue
+        self._store = store
+        self._bus = bus
+        self._queue = queue
 
     # -- reading -------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job:
-        job = await self.store.get(job_id)
+        job = await self._store.get(job_id)
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    async def list(self, *, status: Status | None, limit: int, before: str | None) -> list[Job]:
+        """Newest first; ``before`` is the id of the last job of the previous page."""
+        return await self._store.list(status=status, limit=limit, before=before)
+
+    async def activity(self, job_id: str) -> tuple[Job, list[JobEvent]]:
+        """The job and its persisted log: transitions, stages, errors."""
+        job = await self.get(job_id)
+        return job, await self._store.events(job_id, kinds=ACTIVITY_KINDS)
+
+    async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
+        """The job's stream events after sequence number ``after``: the persisted log
+        first, then live ones, until the result (whose data is the result itself)."""
+        # Subscribe before reading the log, so no event falls between the two; events
+        # seen in both are told apart by their sequence number.
+        async with self._bus.subscribe(job_id) as subscription:
+            while True:
+                for event in await self._store.events(job_id, after=after, kinds=STREAM_KINDS):
+                    yield await self._with_result(job_id, event)
+                    after = event.seq
+                    if event.kind == EventKind.RESULT:
+                        return
+                try:
+                    async for event in subscription:
+                        if event.seq <= after or event.kind not in STREAM_KINDS:
+                            continue
+                        yield await self._with_result(job_id, event)
+                        after = event.seq
+                        if event.kind == EventKind.RESULT:
+                            return
+                except Lagged:
+                    continue  # read what was missed from the log
+
+    async def _with_result(self, job_id: str, event: JobEvent) -> JobEvent:
+        """The result event is stored empty (the job row is the result)."""
+        if event.kind != EventKind.RESULT or event.data is not None:
+            return event
+        result = to_result(await self.get(job_id)).model_dump(mode="json")
+        return JobEvent(event.kind, result, event.at, event.seq)
+
+    def subscribe(self, job_id: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """Live events of the job from now on."""
+        return self._bus.subscribe(job_id)
+
+    def on_cancel_request(self, handler: Callable[[str], None]) -> None:
+        """Registers a handler of cancel requests for jobs running in this process."""
+        self._bus.on_cancel_request(handler)
 
     # -- transitions -----------------------------------------------------------
 
@@ -133,7 +135,7 @@ class JobService:
         events = [*events, _status_event(target, **_reason(values))]
         if finished:
             events.append(JobEvent(EventKind.RESULT, at=now))
-        changed = await self.store.transition(
+        changed = await self._store.transition(
             job_id,
             expected=expected,
             status=target,
@@ -156,14 +158,22 @@ class JobService:
                 *published[:-1],
                 JobEvent(EventKind.RESULT, result, now, published[-1].seq),
             ]
-        await self.bus.publish(job_id, published)
+        await self._bus.publish(job_id, published)
         return job
 
     async def submit(
-        self, request: ExecutionRequest, language: LanguageRef, job_id: str | None = None
+        self,
+        request: ExecutionRequest,
+        language: LanguageRef,
+        job_id: str | None = None,
+        *,
+        interactive: bool = False,
     ) -> Job:
-        """Persists a new queued job, then queues it. Raises QueueFull first if full."""
-        await self.queue.check_capacity()
+        """Persists a new queued job, then queues it. Raises QueueFull first if full.
+        An interactive job (its stdin is a live connection) is not queued: the process
+        holding the connection runs it (JobRunner.run_job)."""
+        if not interactive:
+            await self._queue.check_capacity()
         job = Job(
             id=job_id or new_job_id(),
             status=Status.QUEUED,
@@ -171,11 +181,23 @@ class JobService:
             language_version=language.version,
             request=request,
             created_at=utcnow(),
+            interactive=interactive,
         )
-        events = await self.store.create(job, [_status_event(Status.QUEUED)])
-        await self.bus.publish(job.id, events)
-        await self.queue.put(job)
+        reason = {"reason": "interactive"} if interactive else {}
+        events = await self._store.create(job, [_status_event(Status.QUEUED, **reason)])
+        await self._bus.publish(job.id, events)
+        if not interactive:
+            await self._queue.put(job)
         return job
+
+    async def submit_and_wait(
+        self, request: ExecutionRequest, language: LanguageRef
+    ) -> ExecutionResult:
+        """Submits a job and waits for its result (a synchronous execution)."""
+        job_id = new_job_id()
+        async with self._bus.subscribe(job_id) as subscription:
+            await self.submit(request, language, job_id)
+            return await self.wait(job_id, subscription)
 
     async def claim(self, job_id: str, worker_id: str | None = None) -> Job | None:
         """queued → running, for the worker that took the job; None when the job is
@@ -200,10 +222,10 @@ class JobService:
         self, job_id: str, events: Sequence[JobEvent], fence: int | None = None
     ) -> None:
         """Adds stage and output events of a running job."""
-        published = await self.store.append(job_id, events, fence)
+        published = await self._store.append(job_id, events, fence)
         if published is None:
             raise LeaseLost(job_id, fence or 0)
-        await self.bus.publish(job_id, published)
+        await self._bus.publish(job_id, published)
 
     async def complete(
         self,
@@ -256,7 +278,7 @@ class JobService:
         job = await self._transition(
             job_id, Status.QUEUED, events, fence=fence, started_at=None, reason=reason
         )
-        await self.queue.put(job)
+        await self._queue.put(job)
         return job
 
     async def hand_back(self, job: Job, *, reason: str, lost: str, max_attempts: int) -> Job | None:
@@ -281,7 +303,7 @@ class JobService:
     async def cancel(self, job_id: str, timeout_s: float = 10) -> ExecutionResult:
         """Cancels a queued job at once; asks the worker of a running one to kill it
         and waits (up to ``timeout_s``) until it has. Idempotent."""
-        async with self.bus.subscribe(job_id) as subscription:
+        async with self._bus.subscribe(job_id) as subscription:
             job = await self.get(job_id)
             if job.status == Status.QUEUED:
                 with contextlib.suppress(IllegalTransition):
@@ -294,7 +316,7 @@ class JobService:
                 return to_result(job)
             if job.status != Status.RUNNING:
                 raise IllegalTransition(job_id, job.status, Status.CANCELLED)
-            await self.bus.request_cancel(job_id)
+            await self._bus.request_cancel(job_id)
             try:
                 async with asyncio.timeout(timeout_s):
                     return await self.wait(job_id, subscription)
@@ -316,45 +338,32 @@ class JobService:
 
     # -- housekeeping ------------------------------------------------------------
 
-    async def recover(self, max_attempts: int) -> int:
-        """After a restart of the embedded mode: jobs left running are re-queued (or
-        failed once they were started ``max_attempts`` times), and every queued job
-        goes back into the queue, which lived in memory. Interactive jobs are cancelled
-        instead: their stdin was a connection that is gone, and a re-run without it
-        would answer nobody. Returns how many jobs were queued again."""
-        for job_id in await self.store.ids(Status.RUNNING):
-            if await self._interactive(job_id):
-                await self._end_session(job_id)
-                continue
-            await self.hand_back(
-                await self.get(job_id),
-                reason="the server restarted",
-                lost="the server stopped",
-                max_attempts=max_attempts,
+    async def ids(self, status: Status) -> list[str]:
+        return await self._store.ids(status)
+
+    async def end_interactive(self, job_id: str, reason: str) -> None:
+        """Cancels an interactive job whose connection is gone: without its stdin it
+        can never run again, and a re-run would answer nobody."""
+        with contextlib.suppress(IllegalTransition):
+            await self._transition(
+                job_id,
+                Status.CANCELLED,
+                allowed_from={Status.QUEUED, Status.RUNNING},
+                reason=reason,
             )
-        queued = 0
-        for job_id in await self.store.ids(Status.QUEUED):
-            if await self._interactive(job_id):
-                await self._end_session(job_id)
-                continue
-            await self.queue.put(await self.get(job_id))
-            queued += 1
-        return queued
 
-    async def _interactive(self, job_id: str) -> bool:
-        events = await self.store.events(job_id, kinds=[EventKind.STATUS])
-        return bool(events) and (events[0].data or {}).get("reason") == INTERACTIVE
+    async def queue_again(self, job: Job) -> None:
+        """Puts a queued job back into the queue (the queue lived in a dead process)."""
+        await self._queue.put(job)
 
-    async def _end_session(self, job_id: str) -> None:
-        await self._transition(
-            job_id,
-            Status.CANCELLED,
-            allowed_from={Status.QUEUED, Status.RUNNING},
-            reason="the interactive session ended: the server restarted",
-        )
+    async def renew_leases(self, worker_id: str, job_ids: Iterable[str]) -> list[str]:
+        return await self._store.renew_leases(worker_id, list(job_ids))
+
+    async def expired_leases(self, silent_s: float) -> list[Job]:
+        return await self._store.expired_leases(silent_s)
 
     async def prune(self, retention: timedelta) -> int:
-        return await self.store.prune(utcnow() - retention)
+        return await self._store.prune(utcnow() - retention)
 
 
 def _reason(values: dict[str, Any]) -> dict[str, Any]:

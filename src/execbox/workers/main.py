@@ -9,7 +9,7 @@ import structlog
 
 from execbox.config import Settings, get_settings
 from execbox.logging import configure_logging
-from execbox.services import Services
+from execbox.wiring import Services
 
 log = structlog.get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""Scale-out mode: what keeps jobs moving when workers are many and any may die.
+"""The upkeep of scale-out mode: what keeps jobs moving when workers are many and any may die.
 
 Beside each worker pool, every ``heartbeat_s``:
 
@@ -29,11 +29,11 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from execbox.config import Settings
-from execbox.jobs import JobNotFound, JobService
-from execbox.models import Status
+from execbox.jobs.service import JobNotFound, JobService
+from execbox.jobs.states import Status
 from execbox.queue.redis import RedisQueue
 from execbox.store import Job
-from execbox.workers_registry import LocalWorker, RedisRegistry
+from execbox.workers.registry import LocalWorker, RedisRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -73,16 +73,16 @@ class Recovery:
     async def reconcile(self) -> None:
         """The database against Redis: running jobs whose lease expired and that SAQ
         does not hold are handed back; queued jobs SAQ does not know are queued."""
-        expired = {
-            job.id: job for job in await self.jobs.store.expired_leases(self.settings.lease_s)
-        }
+        expired = {job.id: job for job in await self.jobs.expired_leases(self.settings.lease_s)}
         for job_id in await self.queue.unknown(expired):
             handed = await self._hand_back(expired[job_id])
             if handed is not None and handed.status == Status.QUEUED:
                 await self.queue.put(handed)
-        for job_id in await self.queue.unknown(await self.jobs.store.ids(Status.QUEUED)):
-            job = await self.jobs.store.get(job_id)
-            if job is not None and job.status == Status.QUEUED:
+        for job_id in await self.queue.unknown(await self.jobs.ids(Status.QUEUED)):
+            with contextlib.suppress(JobNotFound):
+                job = await self.jobs.get(job_id)
+                if job.status != Status.QUEUED:
+                    continue
                 log.info("job queued again in Redis", job_id=job_id)
                 await self.queue.put(job)
 
@@ -139,13 +139,13 @@ class Upkeep:
                     await self._stopping.wait()
 
     async def _renew_leases(self) -> None:
-        pool = self.worker.pool
-        running = pool.running_jobs
-        kept = set(await self.jobs.store.renew_leases(self.worker.id, running))
+        job_runner = self.worker.job_runner
+        running = job_runner.running_jobs
+        kept = set(await self.jobs.renew_leases(self.worker.id, running))
         for job_id in running:
             # Finished meanwhile, or taken over: stopping a finished run does nothing.
             if job_id not in kept:
-                pool.abandon(job_id)
+                job_runner.stop(job_id, "lost")
 
     async def _reconcile_once(self) -> None:
         lock = f"{self.settings.redis_prefix}:reconcile"

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from execbox.sandbox.bwrap import PRIVATE_TMPFS
-from execbox.sandbox.command import (
+from execbox.engine.bwrap import PRIVATE_TMPFS
+from execbox.engine.command import (
     SANDBOX_OWN_PROCESSES,
     Command,
     OutputCallback,
@@ -42,13 +42,13 @@ from execbox.sandbox.command import (
     SandboxResult,
     StdinSource,
 )
-from execbox.sandbox.errors import SandboxError
-from execbox.sandbox.names import owned_name
-from execbox.sandbox.session import Session
-from execbox.sandbox.workspace import DIR_FLAGS, Workspace, restore_dir
+from execbox.engine.errors import SandboxError
+from execbox.engine.names import owned_name
+from execbox.engine.session import Session
+from execbox.engine.workspace import DIR_FLAGS, Workspace, restore_dir
 
 if TYPE_CHECKING:
-    from execbox.sandbox.engine import Sandbox
+    from execbox.engine.engine import Sandbox
 
 # Bounds on what slowly accumulates in a box that is reused (pid numbers, kernel
 # objects charged to its namespaces), and on the age of its view of the host.

@@ -1,5 +1,6 @@
-"""Wiring: builds the parts of a running execbox (store, bus, queue, runner,
-workers, webhooks, metrics) from the settings, and takes them down in order."""
+"""The composition root: the only place the long-lived parts of a running execbox
+(store, bus, queue, runner and engine, job service and job runner, workers, webhooks,
+metrics) are built from the settings, and taken down in order."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from datetime import timedelta
 
 import structlog
 
+from execbox.bus import EventBus, LocalEventBus
+from execbox.bus.redis import RedisEventBus
 from execbox.config import Settings
-from execbox.events import EventBus, LocalEventBus
-from execbox.events_redis import RedisEventBus
-from execbox.jobs import JobService
+from execbox.jobs.execution import JobRunner
+from execbox.jobs.recovery import recover_after_restart
+from execbox.jobs.service import JobService
 from execbox.languages import LanguageInfo
 from execbox.logging import internal_error
 from execbox.metrics import Metrics
@@ -22,17 +25,17 @@ from execbox.models import LanguageRef
 from execbox.queue import JobQueue, LocalQueue
 from execbox.queue.redis import RedisQueue, connect
 from execbox.runner import Runner
-from execbox.scaleout import Upkeep
 from execbox.store import Database, JobStore
 from execbox.webhooks import Webhooks
-from execbox.worker import WorkerPool
-from execbox.workers_registry import (
+from execbox.workers.pool import WorkerPool
+from execbox.workers.registry import (
     LocalRegistry,
     LocalWorker,
     RedisRegistry,
     WorkerRegistry,
     new_worker_id,
 )
+from execbox.workers.upkeep import Upkeep
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +50,7 @@ class Services:
     bus: EventBus
     queue: JobQueue
     jobs: JobService
+    job_runner: JobRunner
     metrics: Metrics
     webhooks: Webhooks
     workers: WorkerPool | None
@@ -95,17 +99,19 @@ class Services:
             jobs = JobService(JobStore(db), bus, queue)
             if not settings.scale_out:
                 # In scale-out mode running jobs may belong to live workers elsewhere;
-                # the upkeep of the workers finds those that are not (execbox.scaleout).
-                requeued = await jobs.recover(settings.max_attempts)
+                # the upkeep of the workers finds those that are not (workers/upkeep.py).
+                requeued = await recover_after_restart(jobs, settings.max_attempts)
                 if requeued:
                     log.info("jobs queued again after a restart", count=requeued)
+            # Every process runs jobs: queued ones in its worker pool, if it has one, and
+            # the interactive ones whose connection it holds.
+            job_runner = JobRunner(
+                jobs=jobs, runner=runner, metrics=metrics, webhooks=webhooks, worker_id=worker_id
+            )
             pool = None
             if with_workers:
-                pool = WorkerPool(
-                    runner=runner, jobs=jobs, queue=queue, webhooks=webhooks, metrics=metrics,
-                    concurrency=settings.workers, worker_id=worker_id,
-                )  # fmt: skip
-                worker = LocalWorker(worker_id, pool, runner)
+                pool = WorkerPool(job_runner=job_runner, queue=queue, concurrency=settings.workers)
+                worker = LocalWorker(worker_id, pool, job_runner, runner)
                 if redis_parts is not None:
                     redis_queue, redis_registry = redis_parts
                     upkeep = Upkeep(
@@ -129,9 +135,19 @@ class Services:
                 )
                 stack.callback(pruner.cancel)
             services = cls(
-                settings, db, runner, bus, queue, jobs, metrics, webhooks, pool, registry,
-                stack.pop_all(),
-            )  # fmt: skip
+                settings=settings,
+                db=db,
+                runner=runner,
+                bus=bus,
+                queue=queue,
+                jobs=jobs,
+                job_runner=job_runner,
+                metrics=metrics,
+                webhooks=webhooks,
+                workers=pool,
+                registry=registry,
+                _stack=stack.pop_all(),
+            )
         services._languages = {
             key.lower(): info for info in runner.languages() for key in (info.name, *info.aliases)
         }

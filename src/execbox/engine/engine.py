@@ -25,21 +25,21 @@ from typing import Any
 import structlog
 
 from execbox.config import Settings
-from execbox.sandbox import cgroups
-from execbox.sandbox.box import Box
-from execbox.sandbox.bwrap import FsView, write_etc
-from execbox.sandbox.command import (
+from execbox.engine import cgroups
+from execbox.engine.box import Box
+from execbox.engine.bwrap import FsView, write_etc
+from execbox.engine.command import (
     Command,
     OutputCallback,
     SandboxLimits,
     SandboxResult,
     StdinSource,
 )
-from execbox.sandbox.errors import SandboxError, SandboxUnavailable
-from execbox.sandbox.names import owned_name, owner_alive
-from execbox.sandbox.native import init_binary
-from execbox.sandbox.seccomp import filter_bpf
-from execbox.sandbox.workspace import Workspace
+from execbox.engine.errors import SandboxError, SandboxUnavailable
+from execbox.engine.names import owned_name, owner_alive
+from execbox.engine.native import init_binary
+from execbox.engine.seccomp import filter_bpf
+from execbox.engine.workspace import Workspace
 
 log = structlog.get_logger(__name__)
 
