@@ -17,6 +17,7 @@ import httpx
 import structlog
 
 from execbox.config import Settings
+from execbox.errors import CallerError
 from execbox.metrics import Metrics
 from execbox.models import ExecutionResult
 
@@ -26,8 +27,8 @@ MAX_URL_LENGTH = 2048
 _RETRY_STATUSES = frozenset({408, 429})
 
 
-class CallbackUrlError(ValueError):
-    pass
+class CallbackUrlError(CallerError, ValueError):
+    status = 422
 
 
 def check_callback_url(url: str, allowed_hosts: list[str]) -> None:

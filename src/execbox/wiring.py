@@ -16,6 +16,7 @@ from execbox.bus import EventBus, LocalEventBus
 from execbox.bus.redis import RedisEventBus
 from execbox.config import Settings
 from execbox.jobs.execution import JobRunner
+from execbox.jobs.interactive import InteractiveSessions
 from execbox.jobs.recovery import recover_after_restart
 from execbox.jobs.service import JobService
 from execbox.languages import LanguageInfo
@@ -40,6 +41,8 @@ from execbox.workers.upkeep import Upkeep
 log = structlog.get_logger(__name__)
 
 PRUNE_EVERY_S = 3600
+# Interactive runs wait on people, so they take no worker slot; this caps them.
+SESSIONS_PER_WORKER = 4
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Services:
     queue: JobQueue
     jobs: JobService
     job_runner: JobRunner
+    interactive: InteractiveSessions
     metrics: Metrics
     webhooks: Webhooks
     workers: WorkerPool | None
@@ -142,6 +146,7 @@ class Services:
                 queue=queue,
                 jobs=jobs,
                 job_runner=job_runner,
+                interactive=InteractiveSessions(settings.workers * SESSIONS_PER_WORKER),
                 metrics=metrics,
                 webhooks=webhooks,
                 workers=pool,

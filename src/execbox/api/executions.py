@@ -8,18 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from sse_starlette import EventSourceResponse
 
-from execbox.api.deps import ServicesDep, require_api_key
-from execbox.api.problems import ProblemError, problem_responses
+from execbox.api.auth import require_api_key
+from execbox.api.deps import ServicesDep
+from execbox.api.problems import problem_responses
 from execbox.api.schemas import Activity, ActivityEntry, ExecutionList
 from execbox.api.streaming import execution_events
 from execbox.jobs.results import to_result
-from execbox.jobs.service import new_job_id
 from execbox.models import ExecutionRequest, ExecutionResult, Status
-from execbox.queue import QueueFull
-from execbox.runner import InvalidRequest
-from execbox.store import Job
-from execbox.webhooks import CallbackUrlError, check_callback_url
-from execbox.wiring import Services
+from execbox.webhooks import check_callback_url
 
 router = APIRouter(
     prefix="/v1/executions",
@@ -51,35 +47,16 @@ async def create_execution(
 ) -> ExecutionResult:
     """Runs a program. A compile error, a crash or a timeout is a completed execution
     with a verdict, not an HTTP error."""
-    try:
-        services.runner.check(request)
-        if request.callback_url is not None:
-            check_callback_url(request.callback_url, services.settings.webhook_host_list)
-    except (InvalidRequest, CallbackUrlError) as exc:
-        raise ProblemError(422, str(exc)) from exc
+    services.runner.check(request, local_toolchains=not services.settings.scale_out)
+    if request.callback_url is not None:
+        check_callback_url(request.callback_url, services.settings.webhook_host_list)
     if not wait:
         # No subscription: nobody waits here (in scale-out mode one costs Redis round trips).
-        job = await _submit(services, request, new_job_id())
+        job = await services.jobs.submit(request, services.language_ref(request.language))
         response.status_code = 202
         response.headers["Location"] = f"/v1/executions/{job.id}"
         return to_result(job)
-    try:
-        return await services.jobs.submit_and_wait(request, services.language_ref(request.language))
-    except QueueFull as exc:
-        raise _busy(exc) from exc
-
-
-async def _submit(services: Services, request: ExecutionRequest, job_id: str) -> Job:
-    try:
-        return await services.jobs.submit(request, services.language_ref(request.language), job_id)
-    except QueueFull as exc:
-        raise _busy(exc) from exc
-
-
-def _busy(exc: QueueFull) -> ProblemError:
-    return ProblemError(
-        429, f"{exc}; try again later", headers={"Retry-After": str(exc.retry_after_s)}
-    )
+    return await services.jobs.submit_and_wait(request, services.language_ref(request.language))
 
 
 @router.get("", response_model=ExecutionList, responses=problem_responses(422))

@@ -33,36 +33,27 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import hmac
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from execbox.api.auth import authenticate
+from execbox.api.problems import ProblemError, problem_body, problem_of
 from execbox.jobs.results import to_result
 from execbox.jobs.service import new_job_id
 from execbox.logging import internal_error
 from execbox.models import ExecutionRequest
-from execbox.runner import InvalidRequest, RunnerEvent
+from execbox.runner import RunnerEvent
 from execbox.wiring import Services
 
 router = APIRouter()
 
 OUTBOX_BYTES = 1 << 20
-# Interactive runs wait on people, so they do not take worker slots; this caps them.
-SESSIONS_PER_WORKER = 4
 MAX_MESSAGE_BYTES = 1 << 20
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 @dataclass
@@ -103,73 +94,34 @@ class _Outbox:
         return message
 
 
-class _Sessions:
-    """The interactive runs of this process, counted against their limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.running: set[str] = set()
-        self.limit = limit
-
-
-def _sessions(websocket: WebSocket) -> _Sessions:
-    state = websocket.app.state
-    if getattr(state, "interactive_sessions", None) is None:
-        state.interactive_sessions = _Sessions(
-            state.services.settings.workers * SESSIONS_PER_WORKER
-        )
-    sessions: _Sessions = state.interactive_sessions
-    return sessions
-
-
-def _authorize(websocket: WebSocket, services: Services) -> None:
-    """The HTTP API's rule: with keys configured, every credential presented must be
-    one of them (Authorization: Bearer, X-API-Key, or, since browsers cannot set
-    headers on a WebSocket, the ``api_key`` query parameter)."""
-    keys = services.settings.api_key_list
-    if not keys:
-        return
-    given: list[str] = []
-    if (authorization := websocket.headers.get("authorization")) is not None:
-        scheme, _, token = authorization.partition(" ")
-        given.append(token.strip() if scheme.lower() == "bearer" else "")
-    for credential in (websocket.headers.get("x-api-key"), websocket.query_params.get("api_key")):
-        if credential is not None:
-            given.append(credential)
-    if not given:
-        raise _Refused(401, "an API key is required: send `Authorization: Bearer KEY`")
-    # Compared with every key in constant time, so timing reveals nothing of any key.
-    if not all(any([hmac.compare_digest(c.encode(), k.encode()) for k in keys]) for c in given):
-        raise _Refused(401, "the API key is not valid")
-
-
 def _read_request(text: str, services: Services) -> ExecutionRequest:
     if len(text) > MAX_MESSAGE_BYTES:
-        raise _Refused(413, f"the request is larger than {MAX_MESSAGE_BYTES} bytes")
+        raise ProblemError(413, f"the request is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
         request = ExecutionRequest.model_validate_json(text)
-        services.runner.check(request)
     except ValidationError as exc:
         detail = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors()
         )
-        raise _Refused(422, detail) from exc
-    except InvalidRequest as exc:
-        raise _Refused(422, str(exc)) from exc
+        raise ProblemError(422, detail) from exc
+    services.runner.check(request, local_toolchains=True)
     if request.callback_url is not None:
-        raise _Refused(422, "callback_url is not available for interactive runs")
+        raise ProblemError(422, "callback_url is not available for interactive runs")
     return request
 
 
-async def _refuse(websocket: WebSocket, refused: _Refused) -> None:
+async def _refuse(websocket: WebSocket, exc: Exception) -> None:
+    """Answers a request the run never started for with the problem, then closes with
+    4000 + its status."""
+    status, body, _ = problem_of(exc, websocket.url.path)
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        await websocket.send_json(_error(refused.status, refused.detail))
-        await websocket.close(4000 + refused.status, refused.detail[:120])
+        await websocket.send_json({"type": "error", **body})
+        await websocket.close(4000 + status, body["detail"][:120])
 
 
 @router.websocket("/v1/executions/interactive")
 async def interactive(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
-    sessions = _sessions(websocket)
     await websocket.accept()
     try:
         # The key is checked once the request is in, so that the refusal is the
@@ -177,17 +129,16 @@ async def interactive(websocket: WebSocket) -> None:
         try:
             text = await websocket.receive_text()
         except KeyError:  # a binary message
-            raise _Refused(400, "send the request as a JSON text message") from None
-        _authorize(websocket, services)
+            raise ProblemError(400, "send the request as a JSON text message") from None
+        authenticate(websocket, services.settings.api_key_list, allow_query=True)
         request = _read_request(text, services)
-        if len(sessions.running) >= sessions.limit:
-            raise _Refused(429, f"{sessions.limit} interactive runs are going on; try later")
-    except _Refused as refused:
-        await _refuse(websocket, refused)
-        return
+        session = _Session(websocket, services, request)
+        with services.interactive.session(session.job_id):
+            await session.serve()
     except WebSocketDisconnect:
         return
-    await _Session(websocket, services, sessions, request).serve()
+    except Exception as exc:  # refused before the run: the run reports its own failures
+        await _refuse(websocket, exc)
 
 
 class _Session:
@@ -195,12 +146,10 @@ class _Session:
         self,
         websocket: WebSocket,
         services: Services,
-        sessions: _Sessions,
         request: ExecutionRequest,
     ) -> None:
         self.websocket = websocket
         self.services = services
-        self.sessions = sessions
         self.request = request
         self.outbox = _Outbox()
         self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -214,7 +163,6 @@ class _Session:
 
     async def serve(self) -> None:
         run = asyncio.create_task(self._run())
-        self.sessions.running.add(self.job_id)
         sender = asyncio.create_task(self._send())
         receiver = asyncio.create_task(self._receive())
         try:
@@ -227,7 +175,6 @@ class _Session:
             receiver.cancel()
             await run  # the job's end is recorded before the handler returns
             sender.cancel()
-            self.sessions.running.discard(self.job_id)
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await self.websocket.close()
 
@@ -247,7 +194,12 @@ class _Session:
                     message = json.loads(await self.websocket.receive_text())
                     kind = message["type"]
                 except (ValueError, KeyError, TypeError):
-                    self.outbox.put(_error(400, "messages are JSON objects with a `type`"))
+                    self.outbox.put(
+                        {
+                            "type": "error",
+                            **problem_body(400, "messages are JSON objects with a `type`"),
+                        }
+                    )
                     continue
                 if kind == "stdin" and isinstance(message.get("data"), str):
                     self.stdin.put_nowait(message["data"].encode())
@@ -286,15 +238,10 @@ class _Session:
             # The job could not even be created or recorded (the store is down?).
             debug_id = internal_error("interactive run failed", job_id=self.job_id)
             detail = "execbox could not run or record this run (an internal error)"
-            self.outbox.put({**_error(500, detail), "debug_id": debug_id})
+            self.outbox.put(_error(500, detail, debug_id=debug_id))
             return
         self.outbox.put({"type": "result", **to_result(job).model_dump(mode="json")})
 
 
-def _error(status: int, detail: str) -> dict[str, Any]:
-    return {
-        "type": "error",
-        "status": status,
-        "title": HTTPStatus(status).phrase,
-        "detail": detail,
-    }
+def _error(status: int, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", **problem_body(status, detail, **extra)}

@@ -12,8 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from execbox.jobs.service import JobNotFound
-from execbox.jobs.states import IllegalTransition
+from execbox.errors import CallerError
 from execbox.logging import internal_error
 from execbox.outage import OUTAGE_ERRORS, unavailable
 
@@ -30,25 +29,31 @@ class Problem(BaseModel):
     debug_id: str | None = Field(None, description="For 5xx: quote it to the operators")
 
 
-class ProblemError(Exception):
-    """Raised by routes to answer with a problem."""
+class ProblemError(CallerError):
+    """A problem a route answers with directly (most errors are domain errors that
+    carry their own status: see execbox.errors.CallerError)."""
 
     def __init__(
         self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
     ) -> None:
         super().__init__(detail)
         self.status = status
-        self.detail = detail
-        self.headers = headers
-        self.extra = extra
+        self._headers = headers
+        self._extra = extra
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return self._headers
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self._extra
 
 
 def problem_response(
     status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
-    body["detail"] = detail
-    body.update(extra)
+    body = problem_body(status, detail, **extra)
     return JSONResponse(
         jsonable_encoder(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
     )
@@ -94,51 +99,52 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(422, detail or "invalid request", errors=errors)
 
 
+def problem_body(status: int, detail: str, **extra: Any) -> dict[str, Any]:
+    """RFC 9457 problem JSON: the body of every error response, and of the ``error``
+    message of a WebSocket."""
+    return {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+
+
+def problem_of(exc: Exception, where: str) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    """What an exception means for the caller: status, problem body and headers. Our own
+    failures (anything that is no caller's error) are logged with a debug id."""
+    if isinstance(exc, CallerError):
+        return exc.status, problem_body(exc.status, str(exc), **exc.extra), exc.headers
+    if (dependency := unavailable(exc)) is not None:
+        detail = f"{dependency} is unavailable; try again shortly (GET /health tells more)"
+        return 503, problem_body(503, detail), {"Retry-After": "5"}
+    debug_id = internal_error("unhandled error", path=where)
+    detail = "an internal error occurred; the server log has the details"
+    return 500, problem_body(500, detail, debug_id=debug_id), None
+
+
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     return problem_response(exc.status_code, detail, headers=exc.headers)
 
 
-async def _problem(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ProblemError)
-    return problem_response(exc.status, exc.detail, headers=exc.headers, **exc.extra)
-
-
-async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-    return problem_response(404, f"no execution with id {exc}")
-
-
-async def _conflict(_: Request, exc: Exception) -> JSONResponse:
-    return problem_response(409, str(exc))
-
-
-async def _internal(request: Request, exc: Exception) -> JSONResponse:
-    debug_id = internal_error("unhandled error", path=request.url.path)
-    return problem_response(
-        500, "an internal error occurred; the server log has the details", debug_id=debug_id
-    )
-
-
-async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """503 when Redis or the database is away (a handler of its own: the catch-all
-    one's response would close the connection)."""
-    dependency = unavailable(exc)
-    if dependency is None:
-        return await _internal(request, exc)
-    return problem_response(
-        503,
-        f"{dependency} is unavailable; try again shortly (GET /health tells more)",
-        headers={"Retry-After": "5"},
+async def _problem(request: Request, exc: Exception) -> JSONResponse:
+    status, body, headers = problem_of(exc, request.url.path)
+    return JSONResponse(
+        jsonable_encoder(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
     )
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    """Starlette finds the handler of an exception along its MRO: caller errors of every
+    layer (execbox.errors.CallerError), an unreachable dependency (503), and the rest
+    (500, with a debug id in the log)."""
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(ProblemError, _problem)
-    app.add_exception_handler(JobNotFound, _not_found)
-    app.add_exception_handler(IllegalTransition, _conflict)
+    app.add_exception_handler(CallerError, _problem)
     for error in OUTAGE_ERRORS:
-        app.add_exception_handler(error, _unavailable)
-    app.add_exception_handler(Exception, _internal)
+        # A handler of its own: the catch-all one's response would close the connection.
+        app.add_exception_handler(error, _problem)
+    app.add_exception_handler(Exception, _problem)

@@ -37,7 +37,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
-from execbox.api.deps import require_api_key
+from execbox.api.auth import authenticate, require_api_key
 from execbox.api.problems import ProblemError, problem_responses
 from execbox.engine import WorkspacePathError
 from execbox.sandboxes.builds import BuildNotFound, Builds
@@ -477,14 +477,14 @@ async def _preview_live(connection: HTTPConnection, sandbox_id: str) -> tuple[Li
         live = await sandboxes.live(sandbox_id)
     except Exception:
         # Whether a sandbox exists is for key holders only.
-        await require_api_key(connection, settings, None, None)  # type: ignore[arg-type]
+        authenticate(connection, settings.api_key_list)
         raise
     token = live.info.preview_token
     if hmac.compare_digest(connection.query_params.get(TOKEN_PARAM, ""), token):
         return live, True
     if hmac.compare_digest(connection.cookies.get(COOKIE, ""), token):
         return live, False
-    await require_api_key(connection, settings, None, None)  # type: ignore[arg-type]
+    authenticate(connection, settings.api_key_list)
     return live, False
 
 

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from execbox.api.deps import ServicesDep, require_api_key
+from execbox.api.auth import require_api_key
+from execbox.api.deps import ServicesDep
 from execbox.api.problems import problem_response, problem_responses
 from execbox.api.schemas import Health
 from execbox.languages import LanguageInfo

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from execbox.api.deps import ServicesDep, require_api_key
+from execbox.api.auth import require_api_key
+from execbox.api.deps import ServicesDep
 from execbox.api.problems import problem_responses
 from execbox.workers.registry import WorkerInfo
 

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from execbox.bus import EventBus, Lagged, Subscription
+from execbox.errors import CallerError
 from execbox.jobs.results import to_result
 from execbox.jobs.states import TERMINAL, IllegalTransition, Status, sources_of
 from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef
@@ -26,8 +27,11 @@ from execbox.store import ACTIVITY_KINDS, STREAM_KINDS, EventKind, Job, JobEvent
 log = structlog.get_logger(__name__)
 
 
-class JobNotFound(LookupError):
-    pass
+class JobNotFound(CallerError, LookupError):
+    status = 404
+
+    def __str__(self) -> str:
+        return f"no execution with id {self.args[0]}"
 
 
 class LeaseLost(Exception):

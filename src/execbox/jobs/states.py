@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from execbox.errors import CallerError
+
 
 class Status(StrEnum):
     QUEUED = "queued"
@@ -30,7 +32,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 }
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(CallerError):
+    status = 409
+
     def __init__(self, job_id: str, current: Status, target: Status) -> None:
         super().__init__(f"job {job_id} is {current.value}; it cannot become {target.value}")
         self.current = current

@@ -5,14 +5,22 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
+from execbox.errors import CallerError
+
 if TYPE_CHECKING:
     from execbox.store import Job
 
 
-class QueueFull(Exception):
+class QueueFull(CallerError):
+    status = 429
+
     def __init__(self, depth: int, retry_after_s: int) -> None:
-        super().__init__(f"the queue is full ({depth} jobs waiting)")
+        super().__init__(f"the queue is full ({depth} jobs waiting); try again later")
         self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class JobQueue(ABC):

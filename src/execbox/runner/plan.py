@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from execbox.config import Settings
 from execbox.engine import SandboxLimits, WorkspacePathError
 from execbox.engine.workspace import split_path
+from execbox.errors import CallerError
 from execbox.languages import Language, Languages
 from execbox.models import ExecutionRequest, Limits, ResolvedLimits
 
@@ -17,7 +18,9 @@ MAX_SOURCE_BYTES = 8 << 20
 MAX_ARGS_ENV_BYTES = 1 << 20
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(CallerError, ValueError):
+    status = 422
+
     """The request cannot run as asked; the message says what to change."""
 
 
