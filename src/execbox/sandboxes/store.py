@@ -1,4 +1,4 @@
-"""Sandbox and build records (migration 0003). A sandbox's processes live in the server
+"""Sandbox and build records (tables in store/schema.py). A sandbox's processes live in the server
 that started it; its record says which server (``owner``), so that after a restart
 the sandbox is reported as lost instead of looking alive."""
 
@@ -10,34 +10,7 @@ import sqlalchemy as sa
 
 from execbox.sandboxes.schemas import BuildInfo, SandboxInfo, SandboxStatus
 from execbox.store import Database
-from execbox.store.schema import UTCDateTime
-
-metadata = sa.MetaData()
-
-sandboxes = sa.Table(
-    "sandboxes",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("owner", sa.String(200), nullable=False),
-    sa.Column("info", sa.JSON, nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("expires_at", UTCDateTime, nullable=False),
-)
-
-sandbox_builds = sa.Table(
-    "sandbox_builds",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column(
-        "sandbox_id",
-        sa.String(32),
-        sa.ForeignKey("sandboxes.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("info", sa.JSON, nullable=False),
-)
+from execbox.store.schema import sandbox_builds, sandboxes
 
 
 class SandboxStore:

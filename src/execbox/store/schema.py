@@ -65,3 +65,31 @@ job_events = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("data", sa.JSON),
 )
+
+# Persistent sandboxes and their builds (sandboxes/store.py reads and writes them).
+sandboxes = sa.Table(
+    "sandboxes",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("info", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_sandboxes_status_owner", "status", "owner"),
+)
+
+sandbox_builds = sa.Table(
+    "sandbox_builds",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "sandbox_id",
+        sa.String(32),
+        sa.ForeignKey("sandboxes.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("info", sa.JSON, nullable=False),
+    sa.Index("ix_sandbox_builds_sandbox", "sandbox_id", "version"),
+)
