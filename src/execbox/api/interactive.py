@@ -115,7 +115,7 @@ async def _refuse(websocket: WebSocket, exc: Exception) -> None:
     4000 + its status."""
     status, body, _ = problem_of(exc, websocket.url.path)
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        await websocket.send_json({"type": "error", **body})
+        await websocket.send_json({**body, "type": "error"})
         await websocket.close(4000 + status, body["detail"][:120])
 
 
@@ -194,12 +194,7 @@ class _Session:
                     message = json.loads(await self.websocket.receive_text())
                     kind = message["type"]
                 except (ValueError, KeyError, TypeError):
-                    self.outbox.put(
-                        {
-                            "type": "error",
-                            **problem_body(400, "messages are JSON objects with a `type`"),
-                        }
-                    )
+                    self.outbox.put(_error(400, "messages are JSON objects with a `type`"))
                     continue
                 if kind == "stdin" and isinstance(message.get("data"), str):
                     self.stdin.put_nowait(message["data"].encode())
@@ -244,4 +239,4 @@ class _Session:
 
 
 def _error(status: int, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "error", **problem_body(status, detail, **extra)}
+    return {**problem_body(status, detail, **extra), "type": "error"}
