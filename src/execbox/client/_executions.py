@@ -128,11 +128,11 @@ class JobCore(Handle[TransportT]):
 
 
 class Job(JobCore[SyncTransport], SyncHandle):
-    __doc__ = JobCore.__doc__
+    pass
 
 
 class AsyncJob(JobCore[AsyncTransport], AsyncHandle):
-    __doc__ = JobCore.__doc__
+    pass
 
 
 class ClientCore(Handle[TransportT], Generic[TransportT, JobT, InteractiveT]):

@@ -286,52 +286,46 @@ class SandboxesCore(Handle[TransportT], Generic[TransportT, SandboxT]):
         return (yield from send(list_request(metadata, status, limit)))
 
 
-# The handles of each client: the same code, declared for its transport.
+# Each handle declared for each client (help() shows the core's docstrings).
 
 
 class CommandHandle(CommandHandleCore[SyncTransport], SyncHandle):
-    __doc__ = CommandHandleCore.__doc__
-
-
-class SandboxCommands(CommandsCore[SyncTransport, CommandHandle], SyncHandle):
-    __doc__ = CommandsCore.__doc__
-    _handle = CommandHandle
-
-
-class SandboxFiles(FilesCore[SyncTransport], SyncHandle):
-    __doc__ = FilesCore.__doc__
-
-
-class Sandbox(SandboxCore[SyncTransport, SandboxFiles, SandboxCommands], SyncHandle):
-    __doc__ = SandboxCore.__doc__
-    _files, _commands = SandboxFiles, SandboxCommands
-
-
-class Sandboxes(SandboxesCore[SyncTransport, Sandbox], SyncHandle):
-    __doc__ = SandboxesCore.__doc__
-    _sandbox = Sandbox
+    pass
 
 
 class AsyncCommandHandle(CommandHandleCore[AsyncTransport], AsyncHandle):
-    __doc__ = CommandHandleCore.__doc__
+    pass
+
+
+class SandboxCommands(CommandsCore[SyncTransport, CommandHandle], SyncHandle):
+    _handle = CommandHandle
 
 
 class AsyncSandboxCommands(CommandsCore[AsyncTransport, AsyncCommandHandle], AsyncHandle):
-    __doc__ = CommandsCore.__doc__
     _handle = AsyncCommandHandle
 
 
+class SandboxFiles(FilesCore[SyncTransport], SyncHandle):
+    pass
+
+
 class AsyncSandboxFiles(FilesCore[AsyncTransport], AsyncHandle):
-    __doc__ = FilesCore.__doc__
+    pass
+
+
+class Sandbox(SandboxCore[SyncTransport, SandboxFiles, SandboxCommands], SyncHandle):
+    _files, _commands = SandboxFiles, SandboxCommands
 
 
 class AsyncSandbox(
     SandboxCore[AsyncTransport, AsyncSandboxFiles, AsyncSandboxCommands], AsyncHandle
 ):
-    __doc__ = SandboxCore.__doc__
     _files, _commands = AsyncSandboxFiles, AsyncSandboxCommands
 
 
+class Sandboxes(SandboxesCore[SyncTransport, Sandbox], SyncHandle):
+    _sandbox = Sandbox
+
+
 class AsyncSandboxes(SandboxesCore[AsyncTransport, AsyncSandbox], AsyncHandle):
-    __doc__ = SandboxesCore.__doc__
     _sandbox = AsyncSandbox
