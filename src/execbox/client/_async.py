@@ -32,7 +32,7 @@ class AsyncClient(ClientCore[AsyncTransport, AsyncJob, AsyncInteractive], AsyncH
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         config = Config.make(server, api_key)
-        super().__init__(self, config)
+        super().__init__(self, config)  # a client runs its own operations
         self._http = httpx.AsyncClient(transport=transport, **config.http_options(timeout))
         self.sandboxes = AsyncSandboxes(self, config.base_url)  # persistent sandboxes
 

@@ -128,11 +128,11 @@ class JobCore(Handle[TransportT]):
 
 
 class Job(JobCore[SyncTransport], SyncHandle):
-    pass
+    """A submitted execution, on a Client: see JobCore."""
 
 
 class AsyncJob(JobCore[AsyncTransport], AsyncHandle):
-    pass
+    """A submitted execution, on an AsyncClient: see JobCore."""
 
 
 class ClientCore(Handle[TransportT], Generic[TransportT, JobT, InteractiveT]):

@@ -26,12 +26,16 @@ TransportT = TypeVar("TransportT")
 
 
 class SyncTransport(Protocol):
+    """What a sync client does for its handles: one request, or one event stream."""
+
     def _send(self, request: Request[T]) -> T: ...
 
     def _stream(self, request: Request[EventStream]) -> Iterator[Event]: ...
 
 
 class AsyncTransport(Protocol):
+    """The same, on asyncio."""
+
     async def _send(self, request: Request[T]) -> T: ...
 
     def _stream(self, request: Request[EventStream]) -> AsyncIterator[Event]: ...
@@ -127,6 +131,9 @@ class operation(Generic[P, T]):  # lower case: a decorator, like property
         _described_as(flow, arun)
         self._run, self._arun = run, arun
 
+    def __repr__(self) -> str:
+        return f"operation {self.flow.__name__}{inspect.signature(self._run)}"
+
     @overload
     def __get__(self, handle: None, owner: type) -> Self: ...
     @overload
@@ -154,6 +161,13 @@ class event_stream(Generic[P]):  # lower case: a decorator, like property
 
         _described_as(open_stream, stream)
         self._stream = stream
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._stream.__name__ = name  # the method's name, not the request builder's
+        self._stream.__qualname__ = f"{owner.__qualname__}.{name}"
+
+    def __repr__(self) -> str:
+        return f"event stream {self._stream.__name__}{inspect.signature(self._stream)}"
 
     @overload
     def __get__(self, handle: None, owner: type) -> Self: ...

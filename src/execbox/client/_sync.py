@@ -36,7 +36,7 @@ class Client(ClientCore[SyncTransport, Job, Interactive], SyncHandle):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         config = Config.make(server, api_key)
-        super().__init__(self, config)
+        super().__init__(self, config)  # a client runs its own operations
         self._http = httpx.Client(transport=transport, **config.http_options(timeout))
         self.sandboxes = Sandboxes(self, config.base_url)  # persistent sandboxes
 

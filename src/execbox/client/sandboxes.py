@@ -286,46 +286,58 @@ class SandboxesCore(Handle[TransportT], Generic[TransportT, SandboxT]):
         return (yield from send(list_request(metadata, status, limit)))
 
 
-# Each handle declared for each client (help() shows the core's docstrings).
+# Each handle declared for each client.
 
 
 class CommandHandle(CommandHandleCore[SyncTransport], SyncHandle):
-    pass
+    """A command of a sandbox, on a Client: see CommandHandleCore."""
 
 
 class AsyncCommandHandle(CommandHandleCore[AsyncTransport], AsyncHandle):
-    pass
+    """A command of a sandbox, on an AsyncClient: see CommandHandleCore."""
 
 
 class SandboxCommands(CommandsCore[SyncTransport, CommandHandle], SyncHandle):
+    """``sandbox.commands`` on a Client: see CommandsCore."""
+
     _handle = CommandHandle
 
 
 class AsyncSandboxCommands(CommandsCore[AsyncTransport, AsyncCommandHandle], AsyncHandle):
+    """``sandbox.commands`` on an AsyncClient: see CommandsCore."""
+
     _handle = AsyncCommandHandle
 
 
 class SandboxFiles(FilesCore[SyncTransport], SyncHandle):
-    pass
+    """``sandbox.files`` on a Client: see FilesCore."""
 
 
 class AsyncSandboxFiles(FilesCore[AsyncTransport], AsyncHandle):
-    pass
+    """``sandbox.files`` on an AsyncClient: see FilesCore."""
 
 
 class Sandbox(SandboxCore[SyncTransport, SandboxFiles, SandboxCommands], SyncHandle):
+    """A sandbox on a Client: see SandboxCore."""
+
     _files, _commands = SandboxFiles, SandboxCommands
 
 
 class AsyncSandbox(
     SandboxCore[AsyncTransport, AsyncSandboxFiles, AsyncSandboxCommands], AsyncHandle
 ):
+    """A sandbox on an AsyncClient: see SandboxCore."""
+
     _files, _commands = AsyncSandboxFiles, AsyncSandboxCommands
 
 
 class Sandboxes(SandboxesCore[SyncTransport, Sandbox], SyncHandle):
+    """``client.sandboxes`` on a Client: see SandboxesCore."""
+
     _sandbox = Sandbox
 
 
 class AsyncSandboxes(SandboxesCore[AsyncTransport, AsyncSandbox], AsyncHandle):
+    """``client.sandboxes`` on an AsyncClient: see SandboxesCore."""
+
     _sandbox = AsyncSandbox
