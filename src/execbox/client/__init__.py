@@ -6,13 +6,16 @@
         result = client.run("python", "print(6 * 7)")
         print(result.verdict, result.run.stdout)
 
-``Client`` and ``AsyncClient`` are twins (sync and asyncio) over one shared core.
+``Client`` and ``AsyncClient`` (sync and asyncio) differ only in their transport:
+every request, parser and handle is written once, in the shared core.
 Results are execbox.models.ExecutionResult, the same schema the server sends.
 """
 
-from execbox.client._async import AsyncClient, AsyncInteractive, AsyncJob
-from execbox.client._core import Event, OutputEvent, ResultEvent, RunOptions, StatusEvent
-from execbox.client._sync import Client, Interactive, Job
+from execbox.client._async import AsyncClient
+from execbox.client._events import Event, OutputEvent, ResultEvent, StatusEvent
+from execbox.client._executions import AsyncJob, Job, RunOptions
+from execbox.client._interactive import AsyncInteractive, Interactive
+from execbox.client._sync import Client
 from execbox.client.errors import (
     APIError,
     AuthenticationError,

@@ -7,8 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
-from execbox.client._async import AsyncClient, AsyncInteractive
-from execbox.client._core import OutputEvent
+from execbox.client._async import AsyncClient
+from execbox.client._events import OutputEvent
+from execbox.client._interactive import AsyncInteractive
 from execbox.client.errors import ExecboxError
 from execbox.models import ExecutionRequest, ExecutionResult
 

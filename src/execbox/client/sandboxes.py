@@ -1,5 +1,5 @@
-"""Persistent sandboxes in the SDK: ``client.sandboxes``, sync and asyncio twins over
-the shared core below (requests and parsing; only the I/O differs).
+"""Persistent sandboxes in the SDK: ``client.sandboxes``. Each handle is written
+once (its requests in _sandbox_requests.py) and declared for both clients.
 
     with Client() as client:
         sandbox = client.sandboxes.create(timeout_s=600, metadata={"owner": "me"})
@@ -15,355 +15,214 @@ the shared core below (requests and parsing; only the I/O differs).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, Unpack
 
-import httpx
-from pydantic import BaseModel, TypeAdapter
-
-from execbox.client._core import (
-    Event,
-    OutputEvent,
-    SSEDecoder,
-    check,
-    parse_event,
-    transport_error,
+from execbox.client._events import Event, EventStream
+from execbox.client._flow import (
+    AsyncHandle,
+    AsyncTransport,
+    Flow,
+    Handle,
+    SyncHandle,
+    SyncTransport,
+    TransportT,
+    drain,
+    event_stream,
+    operation,
+    send,
+)
+from execbox.client._request import Request
+from execbox.client._sandbox_requests import (
+    BuildUpdate,
+    CommandExit,
+    CommandRequests,
+    OutputHandler,
+    RunOptions,
+    SandboxRequests,
+    build_body,
+    create_request,
+    delivering,
+    list_request,
+    sandbox_path,
 )
 from execbox.models import SourceFile
-from execbox.sandboxes.schemas import (
-    BuildCreate,
-    BuildInfo,
-    BuildStatus,
-    CommandCreate,
-    CommandInfo,
-    FileEntry,
-    SandboxCreate,
-    SandboxInfo,
-    StartSpec,
-)
+from execbox.sandboxes.schemas import BuildInfo, CommandInfo, FileEntry, SandboxInfo, StartSpec
 
-if TYPE_CHECKING:
-    from execbox.client._async import AsyncClient
-    from execbox.client._sync import Client
+SandboxT = TypeVar("SandboxT", bound="SandboxCore[Any, Any, Any]")
+FilesT = TypeVar("FilesT", bound="FilesCore[Any]")
+CommandsT = TypeVar("CommandsT", bound="CommandsCore[Any, Any]")
+CommandHandleT = TypeVar("CommandHandleT", bound="CommandHandleCore[Any]")
 
-T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
-
-OutputHandler = Callable[[str], Any]
-# A foreground command streamed to callbacks runs as a background one with this
-# timeout unless told otherwise: the server's own foreground default.
-STREAMED_TIMEOUT_S = 60.0
-FINAL_BUILD = (BuildStatus.READY, BuildStatus.FAILED)
-
-# -- core ------------------------------------------------------------------------------
+__all__ = [
+    "AsyncCommandHandle",
+    "AsyncSandbox",
+    "AsyncSandboxCommands",
+    "AsyncSandboxFiles",
+    "AsyncSandboxes",
+    "BuildUpdate",
+    "CommandExit",
+    "CommandHandle",
+    "OutputHandler",
+    "RunOptions",
+    "Sandbox",
+    "SandboxCommands",
+    "SandboxFiles",
+    "Sandboxes",
+]
 
 
-@dataclass(frozen=True)
-class Request(Generic[T]):
-    method: str
-    path: str
-    parse: Callable[[httpx.Response], T]
-    json: Any = None
-    content: bytes | None = None
-    params: Mapping[str, str] | None = None
+class CommandHandleCore(Handle[TransportT]):
+    """A running (or finished) command: its output, stdin, and its end."""
+
+    def __init__(self, transport: TransportT, info: CommandInfo) -> None:
+        super().__init__(transport)
+        self._requests = CommandRequests(info)
+        self.info = info
+        self.id = info.id
+
+    def _observe(self, event: Event) -> None:
+        if isinstance(event, CommandExit):
+            self.info = event.command
+
+    def _events(self, after: int = 0) -> Request[EventStream]:
+        """Its output from the start (or after event ``after``), then ``CommandExit``."""
+        return self._requests.events(after, self._observe)
+
+    events = event_stream(_events)
+
+    @operation
+    def wait(
+        self, *, on_stdout: OutputHandler | None = None, on_stderr: OutputHandler | None = None
+    ) -> Flow[CommandInfo]:
+        """Follows the command to its end, its output to ``on_stdout``/``on_stderr``."""
+        deliver = delivering(on_stdout, on_stderr)
+
+        def observe(event: Event) -> None:
+            self._observe(event)
+            deliver(event)
+
+        yield from drain(self._requests.events(0, observe))
+        return self.info
+
+    @operation
+    def send_stdin(self, data: str, *, close: bool = False) -> Flow[None]:
+        yield from send(self._requests.stdin(data, close))
+
+    @operation
+    def kill(self) -> Flow[CommandInfo]:
+        self.info = yield from send(self._requests.kill())
+        return self.info
 
 
-def _model(cls: type[M]) -> Callable[[httpx.Response], M]:
-    return lambda response: cls.model_validate_json(check(response).content)
+class CommandsCore(Handle[TransportT], Generic[TransportT, CommandHandleT]):
+    """``sandbox.commands``: run commands and find them again."""
 
+    _handle: type[CommandHandleT]
 
-def _models(cls: type[M]) -> Callable[[httpx.Response], list[M]]:
-    adapter = TypeAdapter(list[cls])  # type: ignore[valid-type]
-    return lambda response: adapter.validate_json(check(response).content)
+    def __init__(self, transport: TransportT, requests: SandboxRequests) -> None:
+        super().__init__(transport)
+        self._requests = requests
 
-
-def _content(response: httpx.Response) -> bytes:
-    return check(response).content
-
-
-def _nothing(response: httpx.Response) -> None:
-    check(response)
-
-
-def _path(sandbox_id: str, *rest: str) -> str:
-    return "/".join(["/v1/sandboxes", sandbox_id, *rest])
-
-
-def create_request(
-    timeout_s: float | None,
-    metadata: Mapping[str, str] | None,
-    limits: Mapping[str, Any] | None,
-    network: bool,
-) -> Request[SandboxInfo]:
-    body = SandboxCreate.model_validate(
-        {"timeout_s": timeout_s, "metadata": metadata or {}, "limits": limits or {},
-         "network": network}
-    )  # fmt: skip
-    return Request("POST", "/v1/sandboxes", _model(SandboxInfo), body.model_dump(mode="json"))
-
-
-def list_request(
-    metadata: Mapping[str, str] | None, status: str | None, limit: int
-) -> Request[list[SandboxInfo]]:
-    params = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
-    params["limit"] = str(limit)
-    if status:
-        params["status"] = status
-    return Request("GET", "/v1/sandboxes", _models(SandboxInfo), params=params)
-
-
-def command_body(
-    cmd: Sequence[str] | str,
-    *,
-    background: bool,
-    cwd: str | None,
-    env: Mapping[str, str] | None,
-    stdin: str | None,
-    timeout_s: float | None,
-) -> dict[str, Any]:
-    command = CommandCreate(
-        cmd=cmd if isinstance(cmd, str) else list(cmd), background=background, cwd=cwd,
-        env=dict(env or {}), stdin=stdin, timeout_s=timeout_s,
-    )  # fmt: skip
-    return command.model_dump(mode="json", exclude_none=True)
-
-
-def build_body(
-    files: Sequence[SourceFile | Mapping[str, str]],
-    install: Sequence[str] | str | None,
-    check: Sequence[str] | str | None,
-    start: StartSpec | Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    def argv(cmd: Sequence[str] | str | None) -> list[str] | str | None:
-        return cmd if cmd is None or isinstance(cmd, str) else list(cmd)
-
-    body = BuildCreate.model_validate(
-        {"files": list(files), "install": argv(install), "check": argv(check), "start": start}
-    )
-    return body.model_dump(mode="json", exclude_none=True)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CommandExit(Event):
-    """A command ended: the last event of its stream."""
-
-    command: CommandInfo
-
-
-@dataclass(frozen=True, kw_only=True)
-class BuildUpdate(Event):
-    """A build changed (a step began or ended); ``build.status`` says where it is."""
-
-    build: BuildInfo
-
-
-def parse_sandbox_event(kind: str, data: dict[str, Any], seq: int | None) -> Event | None:
-    if kind == "exit":
-        return CommandExit(seq=seq, command=CommandInfo.model_validate(data))
-    if kind == "build":
-        return BuildUpdate(seq=seq, build=BuildInfo.model_validate(data))
-    if kind == "output":  # a build step's output
-        stream = "stderr" if data.get("stream") == "stderr" else "stdout"
-        return OutputEvent(seq=seq, stream=stream, text=data["data"], stage=data.get("step"))
-    return parse_event(kind, data, seq)
-
-
-def stream_request(path: str, after: int) -> dict[str, Any]:
-    headers = {"Accept": "text/event-stream"}
-    if after:
-        headers["Last-Event-ID"] = str(after)
-    # A server may be quiet for long; the execbox server pings every few seconds.
-    return {"method": "GET", "url": path, "headers": headers,
-            "timeout": httpx.Timeout(30.0, read=None)}  # fmt: skip
-
-
-def is_last(event: Event) -> bool:
-    if isinstance(event, BuildUpdate):
-        return event.build.status in FINAL_BUILD
-    return isinstance(event, CommandExit)
-
-
-def deliver(event: Event, on_stdout: OutputHandler | None, on_stderr: OutputHandler | None) -> None:
-    if isinstance(event, OutputEvent):
-        handler = on_stdout if event.stream == "stdout" else on_stderr
-        if handler is not None:
-            handler(event.text)
-
-
-def preview_url(base_url: str, sandbox_id: str, port: int) -> str:
-    return f"{base_url}{_path(sandbox_id, 'ports', str(port))}/"
-
-
-class Calls:
-    """Every request of a sandbox, built once for both twins."""
-
-    def __init__(self, sandbox_id: str) -> None:
-        self.id = sandbox_id
-
-    def info(self) -> Request[SandboxInfo]:
-        return Request("GET", _path(self.id), _model(SandboxInfo))
-
-    def set_timeout(self, timeout_s: float) -> Request[SandboxInfo]:
-        body = {"timeout_s": timeout_s}
-        return Request("POST", _path(self.id, "timeout"), _model(SandboxInfo), body)
-
-    def kill(self) -> Request[SandboxInfo]:
-        return Request("DELETE", _path(self.id), _model(SandboxInfo))
-
-    def build(self, body: dict[str, Any]) -> Request[BuildInfo]:
-        return Request("POST", _path(self.id, "builds"), _model(BuildInfo), body)
-
-    def get_build(self, build_id: str) -> Request[BuildInfo]:
-        return Request("GET", _path(self.id, "builds", build_id), _model(BuildInfo))
-
-    def build_events(self, build_id: str) -> str:
-        return _path(self.id, "builds", build_id, "events")
-
-    def write(self, path: str, data: bytes | str) -> Request[None]:
-        content = data.encode() if isinstance(data, str) else data
-        return Request("PUT", _path(self.id, "files", path), _nothing, content=content)
-
-    def read(self, path: str) -> Request[bytes]:
-        return Request("GET", _path(self.id, "files", path), _content)
-
-    def list_files(self, path: str) -> Request[list[FileEntry]]:
-        return Request("GET", _path(self.id, "files"), _models(FileEntry), params={"path": path})
-
-    def remove(self, path: str) -> Request[None]:
-        return Request("DELETE", _path(self.id, "files", path), _nothing)
-
+    @operation
     def run(
         self,
         cmd: Sequence[str] | str,
-        background: bool,
-        streamed: bool,
-        options: Mapping[str, Any],
-    ) -> Request[CommandInfo]:
-        """A foreground command streamed to callbacks runs as a background one (its
-        output then comes over SSE), with the foreground's default timeout."""
-        timeout_s = options.get("timeout_s")
-        if streamed and timeout_s is None:
-            timeout_s = STREAMED_TIMEOUT_S
-        body = command_body(
-            cmd, background=background or streamed, cwd=options.get("cwd"),
-            env=options.get("env"), stdin=options.get("stdin"), timeout_s=timeout_s,
-        )  # fmt: skip
-        return Request("POST", _path(self.id, "commands"), _model(CommandInfo), body)
-
-    def command(self, command_id: str) -> Request[CommandInfo]:
-        return Request("GET", _path(self.id, "commands", command_id), _model(CommandInfo))
-
-    def commands(self) -> Request[list[CommandInfo]]:
-        return Request("GET", _path(self.id, "commands"), _models(CommandInfo))
-
-
-class CommandCalls:
-    def __init__(self, info: CommandInfo) -> None:
-        self.path = _path(info.sandbox_id, "commands", info.id)
-
-    def events(self) -> str:
-        return self.path + "/events"
-
-    def stdin(self, data: str, close: bool) -> Request[None]:
-        return Request("POST", self.path + "/stdin", _nothing, {"data": data, "close": close})
-
-    def kill(self) -> Request[CommandInfo]:
-        return Request("DELETE", self.path, _model(CommandInfo))
-
-
-class RunOptions(TypedDict, total=False):
-    cwd: str
-    env: Mapping[str, str]
-    stdin: str
-    timeout_s: float
-
-
-# -- sync ------------------------------------------------------------------------------
-
-
-class Sandboxes:
-    """``client.sandboxes``: create, find and reconnect to sandboxes."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def _send(self, request: Request[T]) -> T:
-        try:
-            response = self._client._http.request(
-                request.method, request.path, json=request.json, content=request.content,
-                params=request.params,
-            )  # fmt: skip
-        except httpx.TransportError as exc:
-            raise transport_error(exc) from exc
-        return request.parse(response)
-
-    def _events(self, path: str, after: int) -> Iterator[Event]:
-        decoder = SSEDecoder(parse_sandbox_event)
-        try:
-            with self._client._http.stream(**stream_request(path, after)) as response:
-                if not response.is_success:
-                    response.read()
-                    check(response)
-                for line in response.iter_lines():
-                    if (event := decoder.feed(line)) is not None:
-                        yield event
-                        if is_last(event):
-                            return
-        except httpx.TransportError as exc:
-            raise transport_error(exc) from exc
-
-    def create(
-        self,
         *,
-        timeout_s: float | None = None,
-        metadata: Mapping[str, str] | None = None,
-        limits: Mapping[str, Any] | None = None,
-        network: bool = False,
-    ) -> Sandbox:
-        return Sandbox(self, self._send(create_request(timeout_s, metadata, limits, network)))
+        background: bool = False,
+        on_stdout: OutputHandler | None = None,
+        on_stderr: OutputHandler | None = None,
+        **options: Unpack[RunOptions],
+    ) -> Flow[CommandInfo | CommandHandleT]:
+        """Foreground: the finished command (``.result`` is its Stage), its output
+        passed to ``on_stdout``/``on_stderr`` as it comes. Background: a command
+        handle at once. Options: cwd, env, stdin, timeout_s."""
+        streamed = not background and (on_stdout is not None or on_stderr is not None)
+        info = yield from send(self._requests.run(cmd, background, streamed, options))
+        if not (background or streamed):
+            return info
+        handle = self._handle(self._transport, info)
+        if streamed:
+            wait = CommandHandleCore.wait.flow
+            return (yield from wait(handle, on_stdout=on_stdout, on_stderr=on_stderr))
+        return handle
 
-    def connect(self, sandbox_id: str) -> Sandbox:
-        """The sandbox with this id (from any client); NotFoundError if there is none."""
-        return Sandbox(self, self._send(Calls(sandbox_id).info()))
+    @operation
+    def get(self, command_id: str) -> Flow[CommandHandleT]:
+        return self._handle(self._transport, (yield from send(self._requests.command(command_id))))
 
-    def list(
-        self, *, metadata: Mapping[str, str] | None = None, status: str | None = None,
-        limit: int = 100,
-    ) -> list[SandboxInfo]:  # fmt: skip
-        return self._send(list_request(metadata, status, limit))
+    @operation
+    def list(self) -> Flow[list[CommandInfo]]:
+        return (yield from send(self._requests.commands()))
 
 
-class Sandbox:
+class FilesCore(Handle[TransportT]):
+    """``sandbox.files``: read and write the sandbox's files."""
+
+    def __init__(self, transport: TransportT, requests: SandboxRequests) -> None:
+        super().__init__(transport)
+        self._requests = requests
+
+    @operation
+    def write(self, path: str, data: bytes | str) -> Flow[None]:
+        yield from send(self._requests.write(path, data))
+
+    @operation
+    def read(self, path: str) -> Flow[bytes]:
+        return (yield from send(self._requests.read(path)))
+
+    @operation
+    def read_text(self, path: str) -> Flow[str]:
+        return (yield from send(self._requests.read(path))).decode()
+
+    @operation
+    def list(self, path: str = "") -> Flow[list[FileEntry]]:
+        return (yield from send(self._requests.list_files(path)))
+
+    @operation
+    def remove(self, path: str) -> Flow[None]:
+        yield from send(self._requests.remove(path))
+
+
+class SandboxCore(Handle[TransportT], Generic[TransportT, FilesT, CommandsT]):
     """A sandbox: ``files``, ``commands``, builds and preview URLs."""
 
-    def __init__(self, api: Sandboxes, info: SandboxInfo) -> None:
-        self._api, self._calls = api, Calls(info.id)
+    _files: type[FilesT]
+    _commands: type[CommandsT]
+
+    def __init__(self, transport: TransportT, base_url: str, info: SandboxInfo) -> None:
+        super().__init__(transport)
+        self._base_url = base_url
+        self._requests = SandboxRequests(info.id)
         self.info = info
         self.id = info.id
-        self.files = SandboxFiles(api, self._calls)
-        self.commands = SandboxCommands(api, self._calls)
+        self.files = self._files(transport, self._requests)
+        self.commands = self._commands(transport, self._requests)
 
     def __repr__(self) -> str:
-        return f"<Sandbox {self.id} {self.info.status.value}>"
+        return f"<{type(self).__name__} {self.id} {self.info.status.value}>"
 
-    def refresh(self) -> SandboxInfo:
-        self.info = self._api._send(self._calls.info())
+    @operation
+    def refresh(self) -> Flow[SandboxInfo]:
+        self.info = yield from send(self._requests.info())
         return self.info
 
-    def set_timeout(self, timeout_s: float) -> SandboxInfo:
+    @operation
+    def set_timeout(self, timeout_s: float) -> Flow[SandboxInfo]:
         """The sandbox now expires ``timeout_s`` seconds from now."""
-        self.info = self._api._send(self._calls.set_timeout(timeout_s))
+        self.info = yield from send(self._requests.set_timeout(timeout_s))
         return self.info
 
-    def kill(self) -> SandboxInfo:
+    @operation
+    def kill(self) -> Flow[SandboxInfo]:
         """Ends the sandbox: every process, and its files."""
-        self.info = self._api._send(self._calls.kill())
+        self.info = yield from send(self._requests.kill())
         return self.info
 
     def get_preview_url(self, port: int) -> str:
-        return preview_url(self._api._client._config.base_url, self.id, port)
+        return f"{self._base_url}{sandbox_path(self.id, 'ports', str(port))}/"
 
+    @operation
     def build(
         self,
         files: Sequence[SourceFile | Mapping[str, str]] = (),
@@ -373,285 +232,112 @@ class Sandbox:
         start: StartSpec | Mapping[str, Any] | None = None,
         on_event: Callable[[Event], Any] | None = None,
         wait: bool = True,
-    ) -> BuildInfo:
+    ) -> Flow[BuildInfo]:
         """Builds a version of the app; waits for ready or failed unless ``wait=False``."""
-        build = self._api._send(self._calls.build(build_body(files, install, check, start)))
+        body = build_body(files, install, check, start)
+        build = yield from send(self._requests.build(body))
         if not wait:
             return build
-        for event in self._api._events(self._calls.build_events(build.id), 0):
-            if on_event is not None:
-                on_event(event)
-        return self.get_build(build.id)
+        yield from drain(self._requests.build_events(build.id, on_event))
+        return (yield from send(self._requests.get_build(build.id)))
 
-    def get_build(self, build_id: str) -> BuildInfo:
-        return self._api._send(self._calls.get_build(build_id))
-
-
-class SandboxFiles:
-    def __init__(self, api: Sandboxes, calls: Calls) -> None:
-        self._api, self._calls = api, calls
-
-    def write(self, path: str, data: bytes | str) -> None:
-        self._api._send(self._calls.write(path, data))
-
-    def read(self, path: str) -> bytes:
-        return self._api._send(self._calls.read(path))
-
-    def read_text(self, path: str) -> str:
-        return self.read(path).decode()
-
-    def list(self, path: str = "") -> list[FileEntry]:
-        return self._api._send(self._calls.list_files(path))
-
-    def remove(self, path: str) -> None:
-        self._api._send(self._calls.remove(path))
+    @operation
+    def get_build(self, build_id: str) -> Flow[BuildInfo]:
+        return (yield from send(self._requests.get_build(build_id)))
 
 
-class SandboxCommands:
-    def __init__(self, api: Sandboxes, calls: Calls) -> None:
-        self._api, self._calls = api, calls
+class SandboxesCore(Handle[TransportT], Generic[TransportT, SandboxT]):
+    """``client.sandboxes``: create, find and reconnect to sandboxes."""
 
-    def run(
-        self,
-        cmd: Sequence[str] | str,
-        *,
-        background: bool = False,
-        on_stdout: OutputHandler | None = None,
-        on_stderr: OutputHandler | None = None,
-        **options: Unpack[RunOptions],
-    ) -> CommandInfo | CommandHandle:
-        """Foreground: the finished command (``.result`` is its Stage), its output
-        passed to ``on_stdout``/``on_stderr`` as it comes. Background: a
-        ``CommandHandle`` at once. Options: cwd, env, stdin, timeout_s."""
-        streamed = not background and (on_stdout is not None or on_stderr is not None)
-        info = self._api._send(self._calls.run(cmd, background, streamed, options))
-        if not (background or streamed):
-            return info
-        handle = CommandHandle(self._api, info)
-        return handle.wait(on_stdout=on_stdout, on_stderr=on_stderr) if streamed else handle
+    _sandbox: type[SandboxT]
 
-    def get(self, command_id: str) -> CommandHandle:
-        return CommandHandle(self._api, self._api._send(self._calls.command(command_id)))
+    def __init__(self, transport: TransportT, base_url: str) -> None:
+        super().__init__(transport)
+        self._base_url = base_url
 
-    def list(self) -> list[CommandInfo]:
-        return self._api._send(self._calls.commands())
+    def _handle(self, info: SandboxInfo) -> SandboxT:
+        return self._sandbox(self._transport, self._base_url, info)
 
-
-class CommandHandle:
-    """A running (or finished) command: its output, stdin, and its end."""
-
-    def __init__(self, api: Sandboxes, info: CommandInfo) -> None:
-        self._api, self._calls = api, CommandCalls(info)
-        self.info = info
-        self.id = info.id
-
-    def events(self, after: int = 0) -> Iterator[Event]:
-        """Its output from the start (or after event ``after``), then ``CommandExit``."""
-        for event in self._api._events(self._calls.events(), after):
-            if isinstance(event, CommandExit):
-                self.info = event.command
-            yield event
-
-    def wait(
-        self, *, on_stdout: OutputHandler | None = None, on_stderr: OutputHandler | None = None
-    ) -> CommandInfo:
-        for event in self.events():
-            deliver(event, on_stdout, on_stderr)
-        return self.info
-
-    def send_stdin(self, data: str, *, close: bool = False) -> None:
-        self._api._send(self._calls.stdin(data, close))
-
-    def kill(self) -> CommandInfo:
-        self.info = self._api._send(self._calls.kill())
-        return self.info
-
-
-# -- asyncio ---------------------------------------------------------------------------
-
-
-class AsyncSandboxes:
-    """``async_client.sandboxes``: the asyncio twin of ``AsyncSandboxes``."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-
-    async def _send(self, request: Request[T]) -> T:
-        try:
-            response = await self._client._http.request(
-                request.method, request.path, json=request.json, content=request.content,
-                params=request.params,
-            )  # fmt: skip
-        except httpx.TransportError as exc:
-            raise transport_error(exc) from exc
-        return request.parse(response)
-
-    async def _events(self, path: str, after: int) -> AsyncIterator[Event]:
-        decoder = SSEDecoder(parse_sandbox_event)
-        try:
-            async with self._client._http.stream(**stream_request(path, after)) as response:
-                if not response.is_success:
-                    await response.aread()
-                    check(response)
-                async for line in response.aiter_lines():
-                    if (event := decoder.feed(line)) is not None:
-                        yield event
-                        if is_last(event):
-                            return
-        except httpx.TransportError as exc:
-            raise transport_error(exc) from exc
-
-    async def create(
+    @operation
+    def create(
         self,
         *,
         timeout_s: float | None = None,
         metadata: Mapping[str, str] | None = None,
         limits: Mapping[str, Any] | None = None,
         network: bool = False,
-    ) -> AsyncSandbox:
-        return AsyncSandbox(
-            self, await self._send(create_request(timeout_s, metadata, limits, network))
-        )
+    ) -> Flow[SandboxT]:
+        info = yield from send(create_request(timeout_s, metadata, limits, network))
+        return self._handle(info)
 
-    async def connect(self, sandbox_id: str) -> AsyncSandbox:
+    @operation
+    def connect(self, sandbox_id: str) -> Flow[SandboxT]:
         """The sandbox with this id (from any client); NotFoundError if there is none."""
-        return AsyncSandbox(self, await self._send(Calls(sandbox_id).info()))
+        return self._handle((yield from send(SandboxRequests(sandbox_id).info())))
 
-    async def list(
-        self, *, metadata: Mapping[str, str] | None = None, status: str | None = None,
+    @operation
+    def list(
+        self,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        status: str | None = None,
         limit: int = 100,
-    ) -> list[SandboxInfo]:  # fmt: skip
-        return await self._send(list_request(metadata, status, limit))
+    ) -> Flow[list[SandboxInfo]]:
+        return (yield from send(list_request(metadata, status, limit)))
 
 
-class AsyncSandbox:
-    """A sandbox: ``files``, ``commands``, builds and preview URLs."""
-
-    def __init__(self, api: AsyncSandboxes, info: SandboxInfo) -> None:
-        self._api, self._calls = api, Calls(info.id)
-        self.info = info
-        self.id = info.id
-        self.files = AsyncSandboxFiles(api, self._calls)
-        self.commands = AsyncSandboxCommands(api, self._calls)
-
-    def __repr__(self) -> str:
-        return f"<AsyncSandbox {self.id} {self.info.status.value}>"
-
-    async def refresh(self) -> SandboxInfo:
-        self.info = await self._api._send(self._calls.info())
-        return self.info
-
-    async def set_timeout(self, timeout_s: float) -> SandboxInfo:
-        """The sandbox now expires ``timeout_s`` seconds from now."""
-        self.info = await self._api._send(self._calls.set_timeout(timeout_s))
-        return self.info
-
-    async def kill(self) -> SandboxInfo:
-        """Ends the sandbox: every process, and its files."""
-        self.info = await self._api._send(self._calls.kill())
-        return self.info
-
-    def get_preview_url(self, port: int) -> str:
-        return preview_url(self._api._client._config.base_url, self.id, port)
-
-    async def build(
-        self,
-        files: Sequence[SourceFile | Mapping[str, str]] = (),
-        *,
-        install: Sequence[str] | str | None = None,
-        check: Sequence[str] | str | None = None,
-        start: StartSpec | Mapping[str, Any] | None = None,
-        on_event: Callable[[Event], Any] | None = None,
-        wait: bool = True,
-    ) -> BuildInfo:
-        """Builds a version of the app; waits for ready or failed unless ``wait=False``."""
-        build = await self._api._send(self._calls.build(build_body(files, install, check, start)))
-        if not wait:
-            return build
-        async for event in self._api._events(self._calls.build_events(build.id), 0):
-            if on_event is not None:
-                on_event(event)
-        return await self.get_build(build.id)
-
-    async def get_build(self, build_id: str) -> BuildInfo:
-        return await self._api._send(self._calls.get_build(build_id))
+# Each handle declared for each client.
 
 
-class AsyncSandboxFiles:
-    def __init__(self, api: AsyncSandboxes, calls: Calls) -> None:
-        self._api, self._calls = api, calls
-
-    async def write(self, path: str, data: bytes | str) -> None:
-        await self._api._send(self._calls.write(path, data))
-
-    async def read(self, path: str) -> bytes:
-        return await self._api._send(self._calls.read(path))
-
-    async def read_text(self, path: str) -> str:
-        return (await self.read(path)).decode()
-
-    async def list(self, path: str = "") -> list[FileEntry]:
-        return await self._api._send(self._calls.list_files(path))
-
-    async def remove(self, path: str) -> None:
-        await self._api._send(self._calls.remove(path))
+class CommandHandle(CommandHandleCore[SyncTransport], SyncHandle):
+    """A command of a sandbox, on a Client: see CommandHandleCore."""
 
 
-class AsyncSandboxCommands:
-    def __init__(self, api: AsyncSandboxes, calls: Calls) -> None:
-        self._api, self._calls = api, calls
-
-    async def run(
-        self,
-        cmd: Sequence[str] | str,
-        *,
-        background: bool = False,
-        on_stdout: OutputHandler | None = None,
-        on_stderr: OutputHandler | None = None,
-        **options: Unpack[RunOptions],
-    ) -> CommandInfo | AsyncCommandHandle:
-        """Foreground: the finished command (``.result`` is its Stage), its output
-        passed to ``on_stdout``/``on_stderr`` as it comes. Background: a
-        ``AsyncCommandHandle`` at once. Options: cwd, env, stdin, timeout_s."""
-        streamed = not background and (on_stdout is not None or on_stderr is not None)
-        info = await self._api._send(self._calls.run(cmd, background, streamed, options))
-        if not (background or streamed):
-            return info
-        handle = AsyncCommandHandle(self._api, info)
-        return await handle.wait(on_stdout=on_stdout, on_stderr=on_stderr) if streamed else handle
-
-    async def get(self, command_id: str) -> AsyncCommandHandle:
-        return AsyncCommandHandle(self._api, await self._api._send(self._calls.command(command_id)))
-
-    async def list(self) -> list[CommandInfo]:
-        return await self._api._send(self._calls.commands())
+class AsyncCommandHandle(CommandHandleCore[AsyncTransport], AsyncHandle):
+    """A command of a sandbox, on an AsyncClient: see CommandHandleCore."""
 
 
-class AsyncCommandHandle:
-    """A running (or finished) command: its output, stdin, and its end."""
+class SandboxCommands(CommandsCore[SyncTransport, CommandHandle], SyncHandle):
+    """``sandbox.commands`` on a Client: see CommandsCore."""
 
-    def __init__(self, api: AsyncSandboxes, info: CommandInfo) -> None:
-        self._api, self._calls = api, CommandCalls(info)
-        self.info = info
-        self.id = info.id
+    _handle = CommandHandle
 
-    async def events(self, after: int = 0) -> AsyncIterator[Event]:
-        """Its output from the start (or after event ``after``), then ``CommandExit``."""
-        async for event in self._api._events(self._calls.events(), after):
-            if isinstance(event, CommandExit):
-                self.info = event.command
-            yield event
 
-    async def wait(
-        self, *, on_stdout: OutputHandler | None = None, on_stderr: OutputHandler | None = None
-    ) -> CommandInfo:
-        async for event in self.events():
-            deliver(event, on_stdout, on_stderr)
-        return self.info
+class AsyncSandboxCommands(CommandsCore[AsyncTransport, AsyncCommandHandle], AsyncHandle):
+    """``sandbox.commands`` on an AsyncClient: see CommandsCore."""
 
-    async def send_stdin(self, data: str, *, close: bool = False) -> None:
-        await self._api._send(self._calls.stdin(data, close))
+    _handle = AsyncCommandHandle
 
-    async def kill(self) -> CommandInfo:
-        self.info = await self._api._send(self._calls.kill())
-        return self.info
+
+class SandboxFiles(FilesCore[SyncTransport], SyncHandle):
+    """``sandbox.files`` on a Client: see FilesCore."""
+
+
+class AsyncSandboxFiles(FilesCore[AsyncTransport], AsyncHandle):
+    """``sandbox.files`` on an AsyncClient: see FilesCore."""
+
+
+class Sandbox(SandboxCore[SyncTransport, SandboxFiles, SandboxCommands], SyncHandle):
+    """A sandbox on a Client: see SandboxCore."""
+
+    _files, _commands = SandboxFiles, SandboxCommands
+
+
+class AsyncSandbox(
+    SandboxCore[AsyncTransport, AsyncSandboxFiles, AsyncSandboxCommands], AsyncHandle
+):
+    """A sandbox on an AsyncClient: see SandboxCore."""
+
+    _files, _commands = AsyncSandboxFiles, AsyncSandboxCommands
+
+
+class Sandboxes(SandboxesCore[SyncTransport, Sandbox], SyncHandle):
+    """``client.sandboxes`` on a Client: see SandboxesCore."""
+
+    _sandbox = Sandbox
+
+
+class AsyncSandboxes(SandboxesCore[AsyncTransport, AsyncSandbox], AsyncHandle):
+    """``client.sandboxes`` on an AsyncClient: see SandboxesCore."""
+
+    _sandbox = AsyncSandbox
