@@ -25,13 +25,13 @@ from execbox.client._flow import (
 )
 from execbox.client._interactive import InteractiveHandle
 from execbox.client._request import Request, check, model
+from execbox.jobs.states import TERMINAL
 from execbox.languages import LanguageInfo
-from execbox.models import ExecutionRequest, ExecutionResult, Limits, SourceFile, Status, TestCase
+from execbox.models import ExecutionRequest, ExecutionResult, Limits, SourceFile, TestCase
 
 JobT = TypeVar("JobT", bound="JobCore[Any]")
 InteractiveT = TypeVar("InteractiveT", bound=InteractiveHandle)
 
-TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 _LANGUAGES = TypeAdapter(list[LanguageInfo])
 
 
