@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -73,37 +74,17 @@ class Services:
         async with contextlib.AsyncExitStack() as stack:
             db = Database(settings.database, settings.database_schema)
             stack.push_async_callback(db.close)
-            if settings.scale_out and db.is_sqlite:
-                raise ValueError(
-                    "scale-out mode (EXECBOX_REDIS_URL) needs a database all processes share: "
-                    "set EXECBOX_DATABASE_URL=postgresql+asyncpg://USER@HOST/DB"
-                )
+            mode = await (_scale_out if settings.scale_out else _embedded)(
+                settings, db, stack, worker_id
+            )
             await db.migrate()
             runner = await Runner.create(settings)
             stack.push_async_callback(runner.close)
-            bus: EventBus
-            queue: JobQueue
-            registry: WorkerRegistry = LocalRegistry(None)
-            redis_parts: tuple[RedisQueue, RedisRegistry] | None = None
-            if settings.scale_out:
-                redis = connect(settings)
-                bus = RedisEventBus(redis, settings.redis_prefix)
-                await bus.start()
-                stack.push_async_callback(bus.close)
-                queue = RedisQueue(redis, settings, worker_id)
-                registry = RedisRegistry(queue.saq, ttl_s=settings.lease_s)
-                redis_parts = (queue, registry)
-            else:
-                bus = LocalEventBus()
-                queue = LocalQueue(settings.queue_size)
-            stack.push_async_callback(queue.close)
             metrics = Metrics()
             webhooks = Webhooks(settings, metrics)
             stack.push_async_callback(webhooks.close, settings.shutdown_grace_s)
-            jobs = JobService(JobStore(db), bus, queue)
-            if not settings.scale_out:
-                # In scale-out mode running jobs may belong to live workers elsewhere;
-                # the upkeep of the workers finds those that are not (workers/upkeep.py).
+            jobs = JobService(JobStore(db), mode.bus, mode.queue)
+            if mode.recover_on_start:
                 requeued = await recover_after_restart(jobs, settings.max_attempts)
                 if requeued:
                     log.info("jobs queued again after a restart", count=requeued)
@@ -114,23 +95,10 @@ class Services:
             )
             pool = None
             if with_workers:
-                pool = WorkerPool(job_runner=job_runner, queue=queue, concurrency=settings.workers)
-                worker = LocalWorker(worker_id, pool, job_runner, runner)
-                if redis_parts is not None:
-                    redis_queue, redis_registry = redis_parts
-                    upkeep = Upkeep(
-                        settings,
-                        queue=redis_queue,
-                        jobs=jobs,
-                        registry=redis_registry,
-                        worker=worker,
-                    )
-                    upkeep.start()
-                    # Stopped after the pool (exit callbacks run in reverse): a draining
-                    # pool's jobs keep their leases.
-                    stack.push_async_callback(upkeep.stop)
-                else:
-                    registry = LocalRegistry(worker)
+                pool = WorkerPool(
+                    job_runner=job_runner, queue=mode.queue, concurrency=settings.workers
+                )
+                mode.keep_up(LocalWorker(worker_id, pool, job_runner, runner), jobs, stack)
                 pool.start()
                 stack.push_async_callback(pool.stop, settings.shutdown_grace_s)
             if settings.retention_days > 0:
@@ -142,15 +110,15 @@ class Services:
                 settings=settings,
                 db=db,
                 runner=runner,
-                bus=bus,
-                queue=queue,
+                bus=mode.bus,
+                queue=mode.queue,
                 jobs=jobs,
                 job_runner=job_runner,
                 interactive=InteractiveSessions(settings.workers * SESSIONS_PER_WORKER),
                 metrics=metrics,
                 webhooks=webhooks,
                 workers=pool,
-                registry=registry,
+                registry=mode.registry,
                 _stack=stack.pop_all(),
             )
         services._languages = {
@@ -180,3 +148,57 @@ async def _prune_forever(jobs: JobService, retention: timedelta) -> None:
         except Exception:
             internal_error("pruning old jobs failed")
         await asyncio.sleep(PRUNE_EVERY_S)
+
+
+@dataclass
+class _Mode:
+    """What differs between the embedded and the scale-out mode."""
+
+    bus: EventBus
+    queue: JobQueue
+    registry: WorkerRegistry
+    # Jobs left running or queued by a dead process are this process's to take back
+    # (embedded); in scale-out they may belong to live workers elsewhere, and the
+    # workers' upkeep finds those that do not (workers/upkeep.py).
+    recover_on_start: bool
+    # Starts what keeps a worker pool of this process known and its jobs leased.
+    keep_up: Callable[[LocalWorker, JobService, contextlib.AsyncExitStack], None]
+
+
+async def _embedded(
+    settings: Settings, db: Database, stack: contextlib.AsyncExitStack, worker_id: str
+) -> _Mode:
+    queue = LocalQueue(settings.queue_size)
+    stack.push_async_callback(queue.close)
+    registry = LocalRegistry(None)
+
+    def keep_up(worker: LocalWorker, jobs: JobService, stack: contextlib.AsyncExitStack) -> None:
+        registry.worker = worker
+
+    return _Mode(LocalEventBus(), queue, registry, recover_on_start=True, keep_up=keep_up)
+
+
+async def _scale_out(
+    settings: Settings, db: Database, stack: contextlib.AsyncExitStack, worker_id: str
+) -> _Mode:
+    if db.is_sqlite:
+        raise ValueError(
+            "scale-out mode (EXECBOX_REDIS_URL) needs a database all processes share: "
+            "set EXECBOX_DATABASE_URL=postgresql+asyncpg://USER@HOST/DB"
+        )
+    redis = connect(settings)
+    bus = RedisEventBus(redis, settings.redis_prefix)
+    await bus.start()
+    stack.push_async_callback(bus.close)
+    queue = RedisQueue(redis, settings, worker_id)
+    stack.push_async_callback(queue.close)
+    registry = RedisRegistry(queue.saq, ttl_s=settings.lease_s)
+
+    def keep_up(worker: LocalWorker, jobs: JobService, stack: contextlib.AsyncExitStack) -> None:
+        upkeep = Upkeep(settings, queue=queue, jobs=jobs, registry=registry, worker=worker)
+        upkeep.start()
+        # Stopped after the pool (exit callbacks run in reverse): a draining pool's
+        # jobs keep their leases.
+        stack.push_async_callback(upkeep.stop)
+
+    return _Mode(bus, queue, registry, recover_on_start=False, keep_up=keep_up)
