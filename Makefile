@@ -19,7 +19,7 @@ TEST_PACKAGES := chromium
 LANG_PACKAGES = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("src/execbox/languages/languages.toml", "rb")); print(" ".join(sorted({p for l in d["language"] for p in l.get("packages", [])})))' 2>/dev/null)
 NPM_PACKAGES = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("src/execbox/languages/languages.toml", "rb")); print(" ".join(sorted({p for l in d["language"] for p in l.get("npm", [])})))' 2>/dev/null)
 
-.PHONY: setup system-packages typescript venv run serve test lint format bench check clean
+.PHONY: setup system-packages typescript venv run serve test unit lint format bench check clean
 
 setup: system-packages typescript venv ## install everything (idempotent, fast when done)
 
@@ -63,7 +63,10 @@ serve: venv
 test: setup ## the whole suite (needs root: the sandbox is real)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/pytest -q -ra --durations=20
+	EXECBOX_TESTS_REQUIRE_ALL=1 $(BIN)/pytest -q -ra --durations=20
+
+unit: venv ## the pure-logic tests: no root, no servers, seconds
+	$(BIN)/pytest -q tests/unit
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -13,7 +13,9 @@ import pytest
 from api_kit import PG_URL, Server, drop_schema
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs_postgres)]
+)
 def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Settings selecting the database of a server; one schema per PostgreSQL run."""
     if request.param == "sqlite":
