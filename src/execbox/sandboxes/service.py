@@ -10,7 +10,6 @@ running and reports them as lost: their processes ended with the old server.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import secrets
@@ -38,7 +37,7 @@ from execbox.sandbox.session import (
     open_session,
 )
 from execbox.sandbox.workspace import Entry, split_path
-from execbox.sandboxes.eventlog import EventLog
+from execbox.sandboxes.eventlog import EventLog, LogBudget
 from execbox.sandboxes.schemas import (
     BuildInfo,
     CommandCreate,
@@ -115,6 +114,7 @@ class LiveCommand:
 class LiveSandbox:
     info: SandboxInfo
     session: Session
+    logs: LogBudget  # shared by the logs of its commands and builds
     expiry: asyncio.TimerHandle | None = None
     commands: OrderedDict[str, LiveCommand] = field(default_factory=OrderedDict)
     builds: dict[str, tuple[BuildInfo, EventLog]] = field(default_factory=dict)
@@ -159,17 +159,6 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
         if not name or "=" in name or "\0" in name or "\0" in value:
             raise InvalidSandboxRequest(f"invalid environment variable: {name!r}")
     return {**BASE_ENV, **extra}
-
-
-def _chunk_data(data: bytes) -> dict[str, Any]:
-    """Output as JSON: text, plus the exact bytes when they are not UTF-8."""
-    try:
-        return {"data": data.decode()}
-    except UnicodeDecodeError:
-        return {
-            "data": data.decode(errors="replace"),
-            "data_base64": base64.b64encode(data).decode(),
-        }
 
 
 class SandboxService:
@@ -313,7 +302,7 @@ class SandboxService:
             expires_at=now + timedelta(seconds=timeout),
             preview_token=secrets.token_urlsafe(24),
         )
-        live = LiveSandbox(info, session)
+        live = LiveSandbox(info, session, LogBudget(self.config.sandbox_logs_kb << 10))
         self._live[info.id] = live
         try:
             await self.store.save(info, self.owner)
@@ -504,14 +493,10 @@ class SandboxService:
         if timeout is None and not request.background:
             timeout = self.config.sandbox_command_timeout_s
         limits = command_limits(live.session.limits, timeout, self.config.sandbox_output_kb << 10)
-        events = EventLog(self.config.sandbox_log_kb << 10)
-
-        def on_output(stream: str, data: bytes) -> None:
-            events.append(stream, _chunk_data(data), len(data))
-
+        events = EventLog(self.config.sandbox_log_kb << 10, live.logs)
         try:
             process = await live.session.exec(
-                command, limits, on_output=on_output, capture=not request.background
+                command, limits, on_output=events.write, capture=not request.background
             )
         except SandboxError:
             if not live.session.ended.is_set():
@@ -566,6 +551,7 @@ class SandboxService:
         finished = [c for c in live.commands.values() if c.process.done]
         for command in finished[: max(0, len(live.commands) - MAX_COMMANDS_KEPT)]:
             del live.commands[command.info.id]
+            command.log.release()
 
     async def run_command(self, sandbox_id: str, request: CommandCreate) -> CommandInfo:
         """Foreground: the finished command; background: the running one, at once."""
