@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: str | None = Field(
         None, description="Comma-separated hosts callback_url may name (`*.example.com` too)"
     )
+    webhook_internal_hosts: str | None = Field(
+        None,
+        description="Comma-separated hosts (`*.corp.example`, `10.0.0.7` too) callback_url "
+        "may name although they resolve to loopback, private, link-local or other internal "
+        "addresses, which are refused for every other host",
+    )
     webhook_attempts: int = Field(5, ge=1, description="Deliveries tried per result")
     webhook_backoff_s: float = Field(1, ge=0, description="First retry delay, doubling after")
     webhook_timeout_s: float = Field(10, gt=0)
@@ -121,6 +127,10 @@ class Settings(BaseSettings):
     @property
     def webhook_host_list(self) -> list[str]:
         return [host.lower() for host in _split(self.webhook_allowed_hosts)]
+
+    @property
+    def webhook_internal_host_list(self) -> list[str]:
+        return [host.lower().strip("[]") for host in _split(self.webhook_internal_hosts)]
 
     @property
     def scale_out(self) -> bool:
