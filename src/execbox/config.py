@@ -72,7 +72,17 @@ class Settings(BaseSettings):
     allow_insecure: bool = Field(
         False, description="Serve without API keys on a non-loopback address"
     )
-    cors_origins: str | None = Field(None, description="Comma-separated origins allowed by CORS")
+    cors_origins: str | None = Field(
+        None,
+        description="Comma-separated origins allowed by CORS; their pages may open the "
+        "API's WebSockets too",
+    )
+    allowed_hosts: str | None = Field(
+        None,
+        description="Comma-separated Host names the API answers to (`*.example.com`, `*` "
+        "for any), besides the loopback names and the host `serve` is bound to; unset "
+        "with API keys configured: any (a page that rebinds its name here has no key)",
+    )
     max_body_kb: int = Field(10240, gt=0, description="Largest request body accepted")
     queue_size: int = Field(1000, gt=0, description="Jobs waiting at most; beyond, 429")
     max_attempts: int = Field(
@@ -123,6 +133,10 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return _split(self.cors_origins)
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.lower() for host in _split(self.allowed_hosts)]
 
     @property
     def webhook_host_list(self) -> list[str]:
