@@ -152,3 +152,17 @@ def test_trusted_hosts() -> None:
     assert bound_host_patterns("0.0.0.0") == bound_host_patterns("::") == []
     assert bound_host_patterns("::1") == ["[::1]"]
     assert bound_host_patterns("Box.LAN") == ["box.lan"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_cross_site_form_or_simple_post_runs_nothing(
+    listing: Server, content_type: str | None
+) -> None:
+    """What a foreign page may send without a preflight: no JSON content type."""
+    headers = {"Origin": "https://evil.example"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    before = executions(listing)
+    body = json.dumps({"language": "python", "code": CODE}).encode()
+    response = httpx.post(f"{listing.url}/v1/executions", content=body, headers=headers)
+    assert (response.status_code, executions(listing)) == (422, before)
