@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import queue
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpcore
@@ -248,3 +251,45 @@ def _wait_for_log(server: Server, event: str) -> dict[str, Any]:
                 return record
         time.sleep(0.1)
     raise AssertionError(f"no {event!r} in the server log:\n{server.log()}")
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate (and its key) for hooks.example that no one has signed."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", "/CN=hooks.example", "-addext", "subjectAltName=DNS:hooks.example"]
+    subprocess.run(
+        ["openssl", *request, *subject, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_is_verified_against_the_name_not_the_address(
+    self_signed: tuple[Path, Path],
+) -> None:
+    """The connection goes to the checked address, yet SNI names the host and the
+    certificate is verified: a self-signed one for that very name is refused."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*self_signed)
+    names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,misc,return-value]
+    listener = Listener("127.0.0.1")
+    listener.http.socket = context.wrap_socket(listener.http.socket, server_side=True)
+
+    async def to_loopback(host: str, port: int) -> list[IPAddress]:
+        return await resolve("127.0.0.1", port)
+
+    metrics = Metrics()
+    policy = CallbackPolicy(internal_hosts=("hooks.example",))
+    backend = CheckedBackend(policy, to_loopback)
+    webhooks = Webhooks(Settings(webhook_attempts=1), metrics, backend)
+    try:
+        await _deliver(webhooks, f"https://hooks.example:{listener.port}/")
+    finally:
+        listener.close()
+    assert names == ["hooks.example"]
+    assert listener.received() == []
+    assert _outcomes(metrics) == {"failed": 1}
