@@ -110,7 +110,7 @@ def test_same_origin_listed_and_originless_websockets_run(
     listing: Server, origin: str | None
 ) -> None:
     url = f"ws://127.0.0.1:{listing.port}{INTERACTIVE}"
-    with connect(url, origin=origin.format(port=listing.port) if origin else None) as ws:  # type: ignore[arg-type]
+    with connect(url, origin=origin.format(port=listing.port) if origin else None) as ws:
         ws.send(json.dumps({"language": "python", "code": CODE}))
         messages = [json.loads(message) for message in ws]
     assert messages[-1]["type"] == "result"

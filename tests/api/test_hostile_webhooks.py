@@ -275,7 +275,7 @@ async def test_tls_is_verified_against_the_name_not_the_address(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*self_signed)
     names: list[str | None] = []
-    context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,misc,return-value]
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
     listener = Listener("127.0.0.1")
     listener.http.socket = context.wrap_socket(listener.http.socket, server_side=True)
 
