@@ -18,7 +18,7 @@ from execbox.queue import QueueFull
 from execbox.runner import InvalidRequest
 from execbox.services import Services
 from execbox.store import ACTIVITY_KINDS, Job
-from execbox.webhooks import CallbackUrlError, check_callback_url
+from execbox.webhooks import CallbackPolicy, CallbackUrlError
 
 router = APIRouter(
     prefix="/v1/executions",
@@ -53,7 +53,7 @@ async def create_execution(
     try:
         services.runner.check(request)
         if request.callback_url is not None:
-            check_callback_url(request.callback_url, services.settings.webhook_host_list)
+            CallbackPolicy.from_settings(services.settings).check_url(request.callback_url)
     except (InvalidRequest, CallbackUrlError) as exc:
         raise ProblemError(422, str(exc)) from exc
     if not wait:
