@@ -45,7 +45,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/playground", playground.static_files(), name="playground")
     install_problem_handlers(app)
     # Outermost last: CORS answers preflights before anything else runs.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb << 10)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_kb << 10, exempt=sandboxes.STREAMED_UPLOADS
+    )
     app.add_middleware(RequestContext)
     if settings.cors_origin_list:
         app.add_middleware(
@@ -53,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID", "X-Next-Cursor"],
         )
 
     def openapi() -> dict[str, Any]:
