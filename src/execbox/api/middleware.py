@@ -73,10 +73,9 @@ class BodyLimit:
         self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exempt = self.exempt is not None and self.exempt.fullmatch(
-            f"{scope.get('method')} {scope['path']}"
-        )
-        if scope["type"] != "http" or exempt:
+        if scope["type"] != "http" or (
+            self.exempt is not None and self.exempt.fullmatch(f"{scope['method']} {scope['path']}")
+        ):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
