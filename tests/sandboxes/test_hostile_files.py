@@ -38,6 +38,31 @@ for i in range({MANY_FILES}):
     os.close(os.open(f"many/{{i:06d}}", os.O_CREAT | os.O_WRONLY, 0o644))
 """
 
+FUZZ_WORKSPACE = """
+import os
+os.makedirs(b"dir/sub\\xfe")
+for name in (b"\\xff", b"dir/\\xc3", b"dir/" + b"n" * 255):
+    open(name, "w").write("x")
+"""
+
+SLEEPER = """python3 -c '
+import os, subprocess
+subprocess.Popen(["./sleeper", "30"])  # returns once the program runs
+open("started", "w").close()
+os.wait()'
+"""
+
+WRITER = """python3 -c '
+import os
+while True:  # keeps writing into busy/, whoever removes it
+    try:
+        os.makedirs("busy", exist_ok=True)
+        for i in range(100):
+            open(f"busy/{i}", "w").close()
+    except OSError:
+        pass'
+"""
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
@@ -104,6 +129,12 @@ def slowest_answer_while(client: httpx.Client, sid: str, work: Callable[[], Any]
     worker.join()
     assert outcome, "the work failed"
     return slowest
+
+
+def wait_until(probe: Callable[[], Any]) -> None:
+    """Polls until probe() is truthy (pytest-timeout ends a hang)."""
+    while not probe():
+        time.sleep(0.05)
 
 
 def peak_rss_kb(pid: int) -> int:
@@ -227,9 +258,25 @@ def test_a_64_mb_upload_streams_within_the_caps(client: httpx.Client, server: Se
     assert client.post(f"{files[: -len('/files')]}/commands", json=body).status_code == 413
 
 
+def test_files_a_running_program_holds_are_a_conflict(client: httpx.Client) -> None:
+    sid = create(client)
+    files = f"/v1/sandboxes/{sid}/files"
+    run(client, sid, "import os, shutil; shutil.copy('/bin/sleep', 'sleeper'); os.mkdir('busy')")
+    commands = f"/v1/sandboxes/{sid}/commands"
+    for cmd in [SLEEPER, WRITER]:
+        assert client.post(commands, json={"cmd": cmd, "background": True}).status_code == 202
+    wait_until(lambda: client.get(f"{files}/started").status_code == 200)
+    wait_until(lambda: client.get(files, params={"path": "busy"}).json())
+    overwrite = client.put(f"{files}/sleeper", content=b"x")
+    assert overwrite.status_code == 409 and "running" in overwrite.json()["detail"]
+    answers = [client.delete(f"{files}/busy").status_code for _ in range(20)]
+    assert set(answers) <= {204, 404, 409}, answers
+
+
 def test_fuzzed_file_requests_get_no_server_error(client: httpx.Client, server: Server) -> None:
     sid = create(client)
-    run(client, sid, "import os; os.makedirs('dir/sub'); open('dir/f', 'w').write('f')")
+    # A workspace as a program may leave it: names that are not UTF-8, of 255 bytes.
+    run(client, sid, FUZZ_WORKSPACE)
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     operations = [
         operation.ok()

@@ -111,6 +111,12 @@ def _problem(exc: Exception) -> ProblemError | None:
             return ProblemError(400, "the path names a directory where a file is needed")
         case FileTooLarge():
             return ProblemError(413, str(exc))
+        case OSError() if exc.errno == errno.ETXTBSY:
+            return ProblemError(409, "the file is a running program: stop it, then write it")
+        case OSError() if exc.errno == errno.ENOTEMPTY:
+            return ProblemError(
+                409, "a program wrote into the directory while it was removed: stop it, then retry"
+            )
         case OSError() if exc.errno == errno.ENOSPC:
             return ProblemError(507, "the workspace is full: remove files or ask for more disk_mb")
     return None
