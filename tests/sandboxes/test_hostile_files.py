@@ -5,6 +5,7 @@ stalling other requests, names that are not UTF-8 or too long get correct answer
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -25,6 +26,7 @@ from sandboxes_kit import API_KEY
 from schemathesis.checks import positive_data_acceptance
 
 from execbox.api.problems import PROBLEM_MEDIA_TYPE
+from execbox.client import AsyncClient, Client
 
 FILES_UID = 60363  # this module's server's sandboxes, counted apart from the others'
 MANY_FILES = 150_000
@@ -178,6 +180,27 @@ def test_a_huge_directory_is_listed_in_pages_and_removed_off_the_event_loop(
     assert removed < PROMPT_S
     assert client.get(files, params={"path": "many"}).status_code == 404
     assert run(client, sid, "import os; print(os.listdir('.'))").strip() == "[]"
+
+
+def test_the_sdk_lists_every_page(server: Server) -> None:
+    with Client(server.url, api_key=API_KEY) as client:
+        sandbox = client.sandboxes.create()
+        try:
+            sandbox.commands.run("mkdir d && cd d && seq -w 2500 | xargs touch")
+            assert [e.name for e in sandbox.files.list("d")] == [f"{i:04d}" for i in range(1, 2501)]
+        finally:
+            sandbox.kill()
+
+    async def list_async() -> list[str]:
+        async with AsyncClient(server.url, api_key=API_KEY) as client:
+            sandbox = await client.sandboxes.create()
+            try:
+                await sandbox.commands.run("mkdir d && cd d && seq -w 1001 | xargs touch")
+                return [e.name for e in await sandbox.files.list("d")]
+            finally:
+                await sandbox.kill()
+
+    assert asyncio.run(list_async()) == [f"{i:04d}" for i in range(1, 1002)]
 
 
 def test_names_that_are_not_utf8_are_listed_and_addressed_losslessly(
