@@ -100,6 +100,11 @@ def client(server: Server) -> Iterator[httpx.Client]:
         yield client
         for info in client.get("/v1/sandboxes", params={"status": "running"}).json():
             client.delete(f"/v1/sandboxes/{info['id']}")
+        # Healthy, and nothing of the sandboxes is left: no process, no workspace mount.
+        assert client.get("/health").status_code == 200
+        wait_until(lambda: not sandbox_uid_processes())
+        mounts = Path("/proc/self/mountinfo").read_text()
+        assert server.env["EXECBOX_RUNTIME_DIR"] not in mounts
 
 
 def create(client: httpx.Client, **body: Any) -> str:
@@ -137,6 +142,20 @@ def wait_until(probe: Callable[[], Any]) -> None:
     """Polls until probe() is truthy (pytest-timeout ends a hang)."""
     while not probe():
         time.sleep(0.05)
+
+
+def sandbox_uid_processes() -> list[str]:
+    """Host pids running as this module's sandbox uid."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        uid = next((line.split()[1] for line in status.splitlines() if line.startswith("Uid:")), "")
+        if uid == str(FILES_UID):
+            pids.append(entry.name)
+    return pids
 
 
 def peak_rss_kb(pid: int) -> int:

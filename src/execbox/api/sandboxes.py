@@ -101,9 +101,7 @@ def _problem(exc: Exception) -> ProblemError | None:
             return ProblemError(429, str(exc), headers={"Retry-After": "10"})
         case SandboxElsewhere():
             return ProblemError(409, str(exc))
-        case InvalidSandboxRequest():
-            return ProblemError(422, str(exc))
-        case WorkspaceNameTooLong():
+        case InvalidSandboxRequest() | WorkspaceNameTooLong():
             return ProblemError(422, str(exc))
         case WorkspacePathError():
             return ProblemError(400, str(exc))
@@ -293,7 +291,7 @@ async def list_files(
     """The directory's entries in the byte order of their names, at most `limit` at a
     time: when more remain, the `X-Next-Cursor` header holds the `cursor` of the next
     page."""
-    directory = _lossless_query(request, "path")
+    directory = _lossless_query(request, "path")  # `path`, with any bytes that are not UTF-8
     entries = await sandboxes.list_files(sandbox_id, directory, _decode_cursor(cursor), limit + 1)
     if len(entries) > limit:
         del entries[limit:]

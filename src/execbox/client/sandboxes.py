@@ -79,13 +79,12 @@ def _models(cls: type[M]) -> Callable[[httpx.Response], list[M]]:
 
 
 FilePage = tuple[list[FileEntry], str | None]
-_FILE_ENTRIES = TypeAdapter(list[FileEntry])
+_file_entries = _models(FileEntry)
 
 
 def _file_page(response: httpx.Response) -> FilePage:
     """A page of a directory listing, and the cursor of the next one (None at the end)."""
-    entries = _FILE_ENTRIES.validate_json(check(response).content)
-    return entries, response.headers.get("x-next-cursor")
+    return _file_entries(response), response.headers.get("x-next-cursor")
 
 
 def _content(response: httpx.Response) -> bytes:

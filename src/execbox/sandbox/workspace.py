@@ -218,7 +218,7 @@ class Workspace:
         the first ``limit`` whose names sort after ``after``. Only the entries returned
         are stat()ed, and at most ``limit`` of them are held, however big the directory."""
         with self._dir(split_path(path)) as dfd, os.scandir(dfd) as scan:
-            wanted = (e for e in scan if os.fsencode(e.name) > after)
+            wanted = (entry for entry in scan if _name_bytes(entry) > after)
             picked = (
                 sorted(wanted, key=_name_bytes)
                 if limit is None
