@@ -54,7 +54,9 @@ def create_app(settings: Settings, extra_hosts: Iterable[str] = ()) -> FastAPI:
     app.mount("/playground", playground.static_files(), name="playground")
     install_problem_handlers(app)
     # Outermost last: CORS answers preflights before anything else runs.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb << 10)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_kb << 10, exempt=sandboxes.STREAMED_UPLOADS
+    )
     app.add_middleware(WebSocketOrigins, allowed_origins=settings.cors_origin_list)
     app.add_middleware(TrustedHosts, allowed_hosts=trusted_hosts(settings, extra_hosts))
     app.add_middleware(RequestContext)
@@ -64,7 +66,7 @@ def create_app(settings: Settings, extra_hosts: Iterable[str] = ()) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID", "X-Next-Cursor"],
         )
 
     def openapi() -> dict[str, Any]:

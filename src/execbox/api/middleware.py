@@ -70,14 +70,18 @@ class RequestContext:
 
 class BodyLimit:
     """413 for bodies over ``max_bytes``: at once when Content-Length says so,
-    otherwise as soon as the bytes read pass the cap (chunked uploads)."""
+    otherwise as soon as the bytes read pass the cap (chunked uploads). Requests whose
+    "METHOD path" matches ``exempt`` stream their body under caps of their own."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: re.Pattern[str] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.exempt is not None and self.exempt.fullmatch(f"{scope['method']} {scope['path']}")
+        ):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")

@@ -78,6 +78,15 @@ def _models(cls: type[M]) -> Callable[[httpx.Response], list[M]]:
     return lambda response: adapter.validate_json(check(response).content)
 
 
+FilePage = tuple[list[FileEntry], str | None]
+_file_entries = _models(FileEntry)
+
+
+def _file_page(response: httpx.Response) -> FilePage:
+    """A page of a directory listing, and the cursor of the next one (None at the end)."""
+    return _file_entries(response), response.headers.get("x-next-cursor")
+
+
 def _content(response: httpx.Response) -> bytes:
     return check(response).content
 
@@ -227,8 +236,9 @@ class Calls:
     def read(self, path: str) -> Request[bytes]:
         return Request("GET", _path(self.id, "files", path), _content)
 
-    def list_files(self, path: str) -> Request[list[FileEntry]]:
-        return Request("GET", _path(self.id, "files"), _models(FileEntry), params={"path": path})
+    def list_files(self, path: str, cursor: str | None) -> Request[FilePage]:
+        params = {"path": path} if cursor is None else {"path": path, "cursor": cursor}
+        return Request("GET", _path(self.id, "files"), _file_page, params=params)
 
     def remove(self, path: str) -> Request[None]:
         return Request("DELETE", _path(self.id, "files", path), _nothing)
@@ -401,7 +411,12 @@ class SandboxFiles:
         return self.read(path).decode()
 
     def list(self, path: str = "") -> list[FileEntry]:
-        return self._api._send(self._calls.list_files(path))
+        """Every entry of the directory, page after page."""
+        entries, cursor = self._api._send(self._calls.list_files(path, None))
+        while cursor is not None:
+            page, cursor = self._api._send(self._calls.list_files(path, cursor))
+            entries += page
+        return entries
 
     def remove(self, path: str) -> None:
         self._api._send(self._calls.remove(path))
@@ -591,7 +606,12 @@ class AsyncSandboxFiles:
         return (await self.read(path)).decode()
 
     async def list(self, path: str = "") -> list[FileEntry]:
-        return await self._api._send(self._calls.list_files(path))
+        """Every entry of the directory, page after page."""
+        entries, cursor = await self._api._send(self._calls.list_files(path, None))
+        while cursor is not None:
+            page, cursor = await self._api._send(self._calls.list_files(path, cursor))
+            entries += page
+        return entries
 
     async def remove(self, path: str) -> None:
         await self._api._send(self._calls.remove(path))

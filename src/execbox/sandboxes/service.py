@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
 import structlog
@@ -36,7 +36,7 @@ from execbox.sandbox.session import (
     command_limits,
     open_session,
 )
-from execbox.sandbox.workspace import Entry, split_path
+from execbox.sandbox.workspace import Entry, Workspace, split_path
 from execbox.sandboxes.eventlog import EventLog, LogBudget
 from execbox.sandboxes.schemas import (
     BuildInfo,
@@ -53,6 +53,7 @@ from execbox.sandboxes.store import SandboxStore
 from execbox.store import Database, utcnow
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 BASE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -121,6 +122,8 @@ class LiveSandbox:
     build_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     app: LiveCommand | None = None  # the running app of the newest ready build
     preview: httpcore.AsyncConnectionPool | None = None
+    # One file-system walk (a listing, a removal) at a time per sandbox, in a thread.
+    files_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _new_id(prefix: str) -> str:
@@ -419,18 +422,28 @@ class SandboxService:
 
     # -- files ---------------------------------------------------------------------
 
-    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]) -> int:
-        """Streams ``chunks`` into the file; a failed or oversized upload leaves no file.
-        Writes go straight to the tmpfs (memory speed): no thread is needed."""
+    async def write_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        declared_size: int | None = None,
+    ) -> int:
+        """Streams ``chunks`` into the file; a failed or oversized upload leaves no file,
+        and one whose ``declared_size`` is over the cap is refused before any byte is
+        read. Writes go straight to the tmpfs (memory speed): no thread is needed."""
         workspace = (await self.live(sandbox_id)).session.workspace
         cap = self.config.sandbox_file_mb << 20
+        too_large = FileTooLarge(f"files sent through the API are at most {cap} bytes")
+        if declared_size is not None and declared_size > cap:
+            raise too_large
         fd = workspace.open_file(path, write=True)
         size = 0
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > cap:
-                    raise FileTooLarge(f"files sent through the API are at most {cap} bytes")
+                    raise too_large
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
@@ -464,11 +477,22 @@ class SandboxService:
 
         return size, chunks()
 
-    async def remove_file(self, sandbox_id: str, path: str) -> None:
-        (await self.live(sandbox_id)).session.workspace.remove(path)
+    async def _in_thread(self, sandbox_id: str, work: Callable[[Workspace], T]) -> T:
+        """Runs ``work`` on the sandbox's workspace in a thread: a directory can hold
+        millions of entries, and walking it must not stall every other request. One
+        walk at a time per sandbox, so one sandbox cannot take every thread."""
+        live = await self.live(sandbox_id)
+        async with live.files_lock:
+            return await asyncio.to_thread(work, live.session.workspace)
 
-    async def list_files(self, sandbox_id: str, path: str) -> list[Entry]:
-        return (await self.live(sandbox_id)).session.workspace.list_dir(path)
+    async def remove_file(self, sandbox_id: str, path: str) -> None:
+        await self._in_thread(sandbox_id, lambda workspace: workspace.remove(path))
+
+    async def list_files(self, sandbox_id: str, path: str, after: bytes, limit: int) -> list[Entry]:
+        """The first ``limit`` entries of a directory whose names sort after ``after``."""
+        return await self._in_thread(
+            sandbox_id, lambda workspace: workspace.list_dir(path, after=after, limit=limit)
+        )
 
     # -- commands ------------------------------------------------------------------
 
