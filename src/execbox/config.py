@@ -72,7 +72,17 @@ class Settings(BaseSettings):
     allow_insecure: bool = Field(
         False, description="Serve without API keys on a non-loopback address"
     )
-    cors_origins: str | None = Field(None, description="Comma-separated origins allowed by CORS")
+    cors_origins: str | None = Field(
+        None,
+        description="Comma-separated origins allowed by CORS; their pages may open the "
+        "API's WebSockets too",
+    )
+    allowed_hosts: str | None = Field(
+        None,
+        description="Comma-separated Host names the API answers to (`*.example.com`, `*` "
+        "for any), besides the loopback names and the host `serve` is bound to; unset "
+        "with API keys configured: any (a page that rebinds its name here has no key)",
+    )
     max_body_kb: int = Field(10240, gt=0, description="Largest request body accepted")
     queue_size: int = Field(1000, gt=0, description="Jobs waiting at most; beyond, 429")
     max_attempts: int = Field(
@@ -87,6 +97,12 @@ class Settings(BaseSettings):
     sse_ping_s: float = Field(15, gt=0, description="Keepalive interval of event streams")
     webhook_allowed_hosts: str | None = Field(
         None, description="Comma-separated hosts callback_url may name (`*.example.com` too)"
+    )
+    webhook_internal_hosts: str | None = Field(
+        None,
+        description="Comma-separated hosts (`*.corp.example`, `10.0.0.7` too) callback_url "
+        "may name although they resolve to loopback, private, link-local or other internal "
+        "addresses, which are refused for every other host",
     )
     webhook_attempts: int = Field(5, ge=1, description="Deliveries tried per result")
     webhook_backoff_s: float = Field(1, ge=0, description="First retry delay, doubling after")
@@ -119,8 +135,16 @@ class Settings(BaseSettings):
         return _split(self.cors_origins)
 
     @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.lower() for host in _split(self.allowed_hosts)]
+
+    @property
     def webhook_host_list(self) -> list[str]:
         return [host.lower() for host in _split(self.webhook_allowed_hosts)]
+
+    @property
+    def webhook_internal_host_list(self) -> list[str]:
+        return [host.lower().strip("[]") for host in _split(self.webhook_internal_hosts)]
 
     @property
     def scale_out(self) -> bool:

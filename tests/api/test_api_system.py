@@ -75,7 +75,8 @@ def test_openapi_describes_the_contract(client: httpx.Client) -> None:
 @pytest.fixture(scope="module")
 def local() -> Iterator[TestClient]:
     data_dir = Path(tempfile.mkdtemp(prefix="execbox-inproc-"))
-    with TestClient(create_app(Settings(data_dir=data_dir, workers=1))) as client:
+    app = create_app(Settings(data_dir=data_dir, workers=1))
+    with TestClient(app, base_url="http://localhost") as client:
         yield client
     shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -13,7 +13,7 @@ from client_kit import API_KEY, Server, no_sandbox_process_left, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from execbox.api.interactive import _Outbox
+from execbox.api.interactive import MESSAGE_OVERHEAD, _Outbox
 
 # Each line is one write, so that it leaves the program as one chunk (print() with
 # several arguments writes them one by one, unbuffered).
@@ -208,12 +208,24 @@ def test_an_unknown_client_message_is_answered_and_the_run_goes_on(ws: ClientCon
 
 
 async def test_a_slow_reader_loses_live_output_beyond_the_cap_not_server_memory() -> None:
-    outbox = _Outbox(limit=10)
+    outbox = _Outbox(limit=MESSAGE_OVERHEAD + 10)
     outbox.output("stdout", "run", b"12345678")
     outbox.output("stdout", "run", b"abcdef")  # over the cap while the first is unsent
     assert await outbox.get() == {"type": "stdout", "stage": "run", "data": "12345678"}
     outbox.output("stdout", "run", b"more")  # sent ones free the room again
     assert await outbox.get() == {"type": "stdout", "stage": "run", "data": "more", "dropped": 6}
+
+
+async def test_one_byte_writes_to_a_slow_reader_are_merged_and_counted_with_overhead() -> None:
+    outbox = _Outbox(limit=2 * MESSAGE_OVERHEAD + 1001)  # room for two messages, 1001 bytes
+    for _ in range(1000):
+        outbox.output("stdout", "run", b"x")  # merged while waiting: one message
+    outbox.output("stderr", "run", b"e")
+    outbox.output("stdout", "run", b"y")  # a third message would pass the budget
+    assert await outbox.get() == {"type": "stdout", "stage": "run", "data": "x" * 1000}
+    assert await outbox.get() == {"type": "stderr", "stage": "run", "data": "e"}
+    outbox.output("stdout", "run", b"z")
+    assert await outbox.get() == {"type": "stdout", "stage": "run", "data": "z", "dropped": 1}
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ started and stopped with it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any
@@ -13,13 +13,22 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from execbox import playground
 from execbox.api import executions, interactive, sandboxes, system, workers
-from execbox.api.middleware import BodyLimit, RequestContext
+from execbox.api.middleware import (
+    BodyLimit,
+    RequestContext,
+    TrustedHosts,
+    WebSocketOrigins,
+    trusted_hosts,
+)
 from execbox.api.problems import install_problem_handlers, use_problem_media_type
 from execbox.config import Settings
 from execbox.wiring import Services
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, extra_hosts: Iterable[str] = ()) -> FastAPI:
+    """The app; besides the configured ones, it answers to ``extra_hosts`` (Host
+    patterns such as the bound host or a host-routed preview domain's ``*.domain``)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = await Services.start(settings)
@@ -45,7 +54,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/playground", playground.static_files(), name="playground")
     install_problem_handlers(app)
     # Outermost last: CORS answers preflights before anything else runs.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb << 10)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_kb << 10, exempt=sandboxes.STREAMED_UPLOADS
+    )
+    app.add_middleware(WebSocketOrigins, allowed_origins=settings.cors_origin_list)
+    app.add_middleware(TrustedHosts, allowed_hosts=trusted_hosts(settings, extra_hosts))
     app.add_middleware(RequestContext)
     if settings.cors_origin_list:
         app.add_middleware(
@@ -53,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["Location", "Retry-After", "X-Request-ID"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID", "X-Next-Cursor"],
         )
 
     def openapi() -> dict[str, Any]:

@@ -22,6 +22,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bound_host_patterns(host: str) -> list[str]:
+    """The Host pattern naming ``host`` as clients write it (none for a wildcard
+    address, which names no host)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [host.lower()]
+    if address.is_unspecified:
+        return []
+    return [f"[{address}]" if address.version == 6 else str(address)]
+
+
 def check_bind(host: str, settings: Settings, allow_insecure: bool) -> None:
     """Refuses to serve an open API beyond this machine unless told to."""
     if settings.api_key_list or allow_insecure or settings.allow_insecure or is_loopback(host):
@@ -46,7 +58,7 @@ def serve(
     configure_logging(settings.log_level)
     check_bind(host, settings, allow_insecure)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, extra_hosts=bound_host_patterns(host)),
         host=host,
         port=port,
         # The sandbox's pipe handling relies on the standard loop's transports: uvloop's

@@ -15,7 +15,7 @@ from execbox.api.schemas import Activity, ActivityEntry, ExecutionList
 from execbox.api.streaming import execution_events
 from execbox.jobs.results import to_result
 from execbox.models import ExecutionRequest, ExecutionResult, Status
-from execbox.webhooks import check_callback_url
+from execbox.webhooks import CallbackPolicy
 
 router = APIRouter(
     prefix="/v1/executions",
@@ -49,7 +49,7 @@ async def create_execution(
     with a verdict, not an HTTP error."""
     services.runner.check(request, local_toolchains=not services.settings.scale_out)
     if request.callback_url is not None:
-        check_callback_url(request.callback_url, services.settings.webhook_host_list)
+        CallbackPolicy.from_settings(services.settings).check_url(request.callback_url)
     if not wait:
         # No subscription: nobody waits here (in scale-out mode one costs Redis round trips).
         job = await services.jobs.submit(request, services.language_ref(request.language))

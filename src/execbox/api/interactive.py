@@ -21,7 +21,9 @@ its result), so GET, SSE and the activity log work on it too. It runs in this
 process rather than through the queue: its stdin is this connection, which no
 worker elsewhere could read.
 
-Slow clients: live output waits in a buffer of at most ``OUTBOX_BYTES``. Beyond
+Slow clients: live output waits in a buffer of at most ``OUTBOX_BYTES`` (each
+message counted with its overhead; output of a stream waiting there is merged into
+one message). Beyond
 that, chunks are dropped from the live stream, never queued without bound and never
 blocking the program's pipes; the next output message says how many bytes were
 ``dropped``. Nothing is lost for good: the result (and the job's record) carry the
@@ -34,6 +36,7 @@ import asyncio
 import codecs
 import contextlib
 import json
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,45 +56,70 @@ from execbox.wiring import Services
 router = APIRouter()
 
 OUTBOX_BYTES = 1 << 20
+# What a queued output message costs beyond its bytes (its dict and strings).
+MESSAGE_OVERHEAD = 512
 MAX_MESSAGE_BYTES = 1 << 20
 
 
 @dataclass
 class _Outbox:
-    """Messages for the client. Output counts against ``limit`` bytes until sent."""
+    """Messages for the client. Output waiting to be sent counts against ``limit``
+    bytes with each message's overhead, so that one-byte writes cannot queue a message
+    per byte; output of one stream that is still waiting is merged into one message
+    (decoded when it is sent)."""
 
     limit: int = OUTBOX_BYTES
-    _queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    _messages: deque[dict[str, Any]] = field(default_factory=deque)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _pending: int = 0
     _dropped: int = 0
     _decoders: dict[str, codecs.IncrementalDecoder] = field(default_factory=dict)
 
     def put(self, message: dict[str, Any]) -> None:
-        self._queue.put_nowait(message)
+        self._messages.append(message)
+        self._ready.set()
 
     def output(self, stream: str, stage: str, data: bytes) -> None:
-        if self._pending + len(data) > self.limit:
+        last = self._messages[-1] if self._messages else None
+        if (
+            last is not None
+            and "_raw" in last
+            and (last["type"], last["stage"]) == (stream, stage)
+            and not self._dropped  # later output must not overtake a drop
+        ):
+            if self._pending + len(data) > self.limit:
+                self._dropped += len(data)
+                return
+            last["_raw"] += data
+            self._pending += len(data)
+            return
+        if self._pending + len(data) + MESSAGE_OVERHEAD > self.limit:
             self._dropped += len(data)
             return
-        # Live output is for display: bytes that are not UTF-8 show as U+FFFD here;
-        # the result keeps them exact (stdout_base64).
-        decoder = self._decoders.setdefault(
-            stream, codecs.getincrementaldecoder("utf-8")(errors="replace")
-        )
-        text = decoder.decode(data)
-        if not text:
-            return
-        message: dict[str, Any] = {"type": stream, "stage": stage, "data": text}
-        message["_bytes"] = len(data)
+        message: dict[str, Any] = {"type": stream, "stage": stage, "_raw": bytearray(data)}
         if self._dropped:
             message["dropped"], self._dropped = self._dropped, 0
-        self._pending += len(data)
+        self._pending += len(data) + MESSAGE_OVERHEAD
         self.put(message)
 
     async def get(self) -> dict[str, Any]:
-        message = await self._queue.get()
-        self._pending -= message.pop("_bytes", 0)
-        return message
+        while True:
+            while not self._messages:
+                self._ready.clear()
+                await self._ready.wait()
+            message = self._messages.popleft()
+            raw = message.pop("_raw", None)
+            if raw is None:
+                return message
+            self._pending -= len(raw) + MESSAGE_OVERHEAD
+            # Live output is for display: bytes that are not UTF-8 show as U+FFFD here;
+            # the result keeps them exact (stdout_base64).
+            decoder = self._decoders.setdefault(
+                message["type"], codecs.getincrementaldecoder("utf-8")(errors="replace")
+            )
+            message["data"] = decoder.decode(bytes(raw))
+            if message["data"] or "dropped" in message:
+                return message
 
 
 def _read_request(text: str, services: Services) -> ExecutionRequest:

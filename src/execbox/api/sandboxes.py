@@ -11,10 +11,12 @@ import contextlib
 import errno
 import hmac
 import json
+import os
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import httpcore
 import websockets
@@ -40,6 +42,7 @@ from starlette.websockets import WebSocketDisconnect
 from execbox.api.auth import authenticate, require_api_key
 from execbox.api.problems import ProblemError, problem_responses
 from execbox.engine import WorkspacePathError
+from execbox.engine.workspace import WorkspaceNameTooLong, split_path
 from execbox.sandboxes.builds import BuildNotFound, Builds
 from execbox.sandboxes.eventlog import EventLog
 from execbox.sandboxes.schemas import (
@@ -76,6 +79,10 @@ HOP_BY_HOP = {
 }  # fmt: skip
 PREVIEW_TIMEOUTS = {"connect": 10.0, "read": 300.0, "write": 60.0, "pool": 30.0}
 WS_MAX_MESSAGE = 16 << 20
+BINARY = {"type": "string", "format": "binary"}
+MAX_LISTED = 1000  # directory entries per page of a listing
+# File uploads stream to the workspace under their own caps, not the JSON body cap.
+STREAMED_UPLOADS = re.compile(r"PUT /v1/sandboxes/[^/]+/files/.+", re.DOTALL)
 
 
 def _problem(exc: Exception) -> ProblemError | None:
@@ -94,7 +101,7 @@ def _problem(exc: Exception) -> ProblemError | None:
             return ProblemError(429, str(exc), headers={"Retry-After": "10"})
         case SandboxElsewhere():
             return ProblemError(409, str(exc))
-        case InvalidSandboxRequest():
+        case InvalidSandboxRequest() | WorkspaceNameTooLong():
             return ProblemError(422, str(exc))
         case WorkspacePathError():
             return ProblemError(400, str(exc))
@@ -102,6 +109,12 @@ def _problem(exc: Exception) -> ProblemError | None:
             return ProblemError(400, "the path names a directory where a file is needed")
         case FileTooLarge():
             return ProblemError(413, str(exc))
+        case OSError() if exc.errno == errno.ETXTBSY:
+            return ProblemError(409, "the file is a running program: stop it, then write it")
+        case OSError() if exc.errno == errno.ENOTEMPTY:
+            return ProblemError(
+                409, "a program wrote into the directory while it was removed: stop it, then retry"
+            )
         case OSError() if exc.errno == errno.ENOSPC:
             return ProblemError(507, "the workspace is full: remove files or ask for more disk_mb")
     return None
@@ -225,35 +238,100 @@ async def set_timeout(
 # -- files -----------------------------------------------------------------------------
 
 
+def _lossless_path(request: Request, decoded: str) -> str:
+    """The `{path}` of a files route with its bytes that are not UTF-8 kept (as the
+    surrogate escapes the workspace encodes back to the same bytes): the server
+    decodes URLs with replacement characters, which would name another file."""
+    raw_tail = request.scope.get("raw_path", b"").split(b"/", 5)[-1].decode("latin-1")
+    # Only if the raw tail is exactly what the router matched (it always is, unless an
+    # id holds an encoded slash).
+    if unquote(raw_tail) != decoded:
+        return decoded
+    return unquote(raw_tail, errors="surrogateescape")
+
+
+def _lossless_query(request: Request, name: str) -> str:
+    """A query parameter with its bytes that are not UTF-8 kept (see _lossless_path)."""
+    query = request.scope["query_string"].decode("latin-1")
+    given = dict(parse_qsl(query, keep_blank_values=True, errors="surrogateescape"))
+    return given.get(name, "")
+
+
+def _shown(name: str) -> tuple[str, str | None]:
+    """A name as JSON text (U+FFFD for bytes that are not UTF-8) and, only for such a
+    name, its exact bytes in base64."""
+    raw = os.fsencode(name)
+    try:
+        return raw.decode(), None
+    except UnicodeDecodeError:
+        return raw.decode(errors="replace"), base64.b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str | None) -> bytes:
+    if cursor is None:
+        return b""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ProblemError(
+            422, "cursor: pass the X-Next-Cursor of the previous page unchanged"
+        ) from exc
+
+
 @http.get("/{sandbox_id}/files", response_model=list[FileEntry])
 async def list_files(
-    sandbox_id: SandboxId, sandboxes: SandboxesDep, path: str = ""
+    sandbox_id: SandboxId,
+    request: Request,
+    response: Response,
+    sandboxes: SandboxesDep,
+    path: str = "",
+    limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = MAX_LISTED,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> list[FileEntry]:
-    entries = await sandboxes.list_files(sandbox_id, path)
-    prefix = path.strip("/")
-    return [
-        FileEntry(
-            name=e.name,
-            path=f"{prefix}/{e.name}".lstrip("/"),
-            type=e.type,
-            size=e.size,
-            mtime=datetime.fromtimestamp(e.mtime, UTC),
+    """The directory's entries in the byte order of their names, at most `limit` at a
+    time: when more remain, the `X-Next-Cursor` header holds the `cursor` of the next
+    page."""
+    directory = _lossless_query(request, "path")  # `path`, with any bytes that are not UTF-8
+    entries = await sandboxes.list_files(sandbox_id, directory, _decode_cursor(cursor), limit + 1)
+    if len(entries) > limit:
+        del entries[limit:]
+        last = os.fsencode(entries[-1].name)
+        response.headers["X-Next-Cursor"] = base64.urlsafe_b64encode(last).decode().rstrip("=")
+    prefix = "/".join(split_path(directory))
+    listed = []
+    for entry in entries:
+        name, name_base64 = _shown(entry.name)
+        entry_path, path_base64 = _shown(f"{prefix}/{entry.name}".lstrip("/"))
+        listed.append(
+            FileEntry(
+                name=name,
+                path=entry_path,
+                type=entry.type,
+                size=entry.size,
+                mtime=datetime.fromtimestamp(entry.mtime, UTC),
+                name_base64=name_base64,
+                path_base64=path_base64,
+            )
         )
-        for e in entries
-    ]
+    return listed
 
 
 @http.put(
     "/{sandbox_id}/files/{path:path}",
     status_code=201,
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": BINARY}}}},
 )
 async def write_file(
     sandbox_id: SandboxId, path: str, request: Request, sandboxes: SandboxesDep
 ) -> dict[str, Any]:
     """The request body, byte for byte and streamed, becomes the file (parents are
-    created)."""
-    size = await sandboxes.write_file(sandbox_id, path, request.stream())
-    return {"path": path, "size": size}
+    created). Up to `EXECBOX_SANDBOX_FILE_MB` (413 past it) and the sandbox's disk (507):
+    the server's JSON body cap does not apply."""
+    length = request.headers.get("content-length", "")
+    declared = int(length) if length.isdigit() else None
+    target = _lossless_path(request, path)
+    size = await sandboxes.write_file(sandbox_id, target, request.stream(), declared)
+    return {"path": _shown(target)[0], "size": size}
 
 
 @http.get(
@@ -261,16 +339,20 @@ async def write_file(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-async def read_file(sandbox_id: SandboxId, path: str, sandboxes: SandboxesDep) -> Response:
-    size, chunks = await sandboxes.read_file(sandbox_id, path)
+async def read_file(
+    sandbox_id: SandboxId, path: str, request: Request, sandboxes: SandboxesDep
+) -> Response:
+    size, chunks = await sandboxes.read_file(sandbox_id, _lossless_path(request, path))
     return StreamingResponse(
         chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)}
     )
 
 
 @http.delete("/{sandbox_id}/files/{path:path}", status_code=204)
-async def remove_file(sandbox_id: SandboxId, path: str, sandboxes: SandboxesDep) -> Response:
-    await sandboxes.remove_file(sandbox_id, path)
+async def remove_file(
+    sandbox_id: SandboxId, path: str, request: Request, sandboxes: SandboxesDep
+) -> Response:
+    await sandboxes.remove_file(sandbox_id, _lossless_path(request, path))
     return Response(status_code=204)
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+import httpx
+
 from execbox.client._events import Event, EventObserver, EventStream, OutputEvent, stream_request
 from execbox.client._events import parse_event as parse_execution_event
 from execbox.client._request import Request, content, model, models, nothing
@@ -168,9 +170,10 @@ class SandboxRequests:
     def read(self, path: str) -> Request[bytes]:
         return Request("GET", sandbox_path(self.id, "files", path), content)
 
-    def list_files(self, path: str) -> Request[list[FileEntry]]:
-        files = sandbox_path(self.id, "files")
-        return Request("GET", files, models(FileEntry), params={"path": path})
+    def list_files(self, path: str, cursor: str | None = None) -> Request[FilePage]:
+        """A page of the directory's entries (the server pages long listings)."""
+        params = {"path": path} if cursor is None else {"path": path, "cursor": cursor}
+        return Request("GET", sandbox_path(self.id, "files"), _file_page, params=params)
 
     def remove(self, path: str) -> Request[None]:
         return Request("DELETE", sandbox_path(self.id, "files", path), nothing)
@@ -216,3 +219,12 @@ class CommandRequests:
 
     def kill(self) -> Request[CommandInfo]:
         return Request("DELETE", self.path, model(CommandInfo))
+
+
+# A page of a directory listing, and the cursor of the next one (None at the end).
+FilePage = tuple[list[FileEntry], str | None]
+_file_entries = models(FileEntry)
+
+
+def _file_page(response: httpx.Response) -> FilePage:
+    return _file_entries(response), response.headers.get("x-next-cursor")

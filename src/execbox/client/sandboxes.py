@@ -177,7 +177,12 @@ class FilesCore(Handle[TransportT]):
 
     @operation
     def list(self, path: str = "") -> Flow[list[FileEntry]]:
-        return (yield from send(self._requests.list_files(path)))
+        """Every entry of the directory, page after page."""
+        entries, cursor = yield from send(self._requests.list_files(path))
+        while cursor is not None:
+            page, cursor = yield from send(self._requests.list_files(path, cursor))
+            entries += page
+        return entries
 
     @operation
     def remove(self, path: str) -> Flow[None]:

@@ -81,9 +81,13 @@ class CappedOutput:
 
     def __init__(self, name: str, cap: int, on_output: OutputCallback | None) -> None:
         self.name, self.cap, self.on_output = name, cap, on_output
-        self.chunks: list[bytes] = []
-        self.size = 0
+        # One buffer, not a list of chunks: one-byte writes would cost ~50 bytes each.
+        self.buffer = bytearray()
         self.truncated = False
+
+    @property
+    def size(self) -> int:
+        return len(self.buffer)
 
     def add(self, data: bytes) -> bool:
         """Keeps what fits; returns False once the cap is passed."""
@@ -91,14 +95,13 @@ class CappedOutput:
         if len(data) > room:
             data, self.truncated = data[:room], True
         if data:
-            self.chunks.append(data)
-            self.size += len(data)
+            self.buffer += data
             if self.on_output is not None:
                 self.on_output(self.name, data)
         return not self.truncated
 
     def value(self) -> bytes:
-        return b"".join(self.chunks)
+        return bytes(self.buffer)
 
 
 def make_result(

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import heapq
 import os
 import stat
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ MS_NODEV = 0x4
 MS_REMOUNT = 0x20
 MNT_DETACH = 0x2
 MAX_PATH_DEPTH = 64
+NAME_MAX = 255  # bytes in one path component (Linux)
+PATH_MAX = 4096  # bytes in a whole path, its terminating NUL included (Linux)
 WORKSPACE_MODE = 0o700
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -34,6 +37,10 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class WorkspacePathError(ValueError):
     """A path that would leave the workspace, or that names something unsafe."""
+
+
+class WorkspaceNameTooLong(WorkspacePathError):
+    """A path, or one of its components, longer than the kernel accepts."""
 
 
 def _mount_tmpfs(target: Path, options: str, flags: int = 0) -> None:
@@ -58,6 +65,11 @@ def split_path(path: str) -> list[str]:
         raise WorkspacePathError(f"{path!r}: '..' is not allowed")
     if len(parts) > MAX_PATH_DEPTH:
         raise WorkspacePathError(f"{path!r}: too deep")
+    # Bytes, not characters: the kernel counts a name's encoded length.
+    if any(len(os.fsencode(p)) > NAME_MAX for p in parts):
+        raise WorkspaceNameTooLong(f"a path component is longer than {NAME_MAX} bytes")
+    if len(os.fsencode("/".join(parts))) >= PATH_MAX:
+        raise WorkspaceNameTooLong(f"the path is longer than {PATH_MAX - 1} bytes")
     return parts
 
 
@@ -199,11 +211,25 @@ class Workspace:
             else:
                 os.unlink(name, dir_fd=dfd)
 
-    def list_dir(self, path: str = "") -> list[Entry]:
-        with self._dir(split_path(path)) as dfd:
+    def list_dir(
+        self, path: str = "", *, after: bytes = b"", limit: int | None = None
+    ) -> list[Entry]:
+        """The entries of a directory in the byte order of their names: all of them, or
+        the first ``limit`` whose names sort after ``after``. Only the entries returned
+        are stat()ed, and at most ``limit`` of them are held, however big the directory."""
+        with self._dir(split_path(path)) as dfd, os.scandir(dfd) as scan:
+            wanted = (entry for entry in scan if _name_bytes(entry) > after)
+            picked = (
+                sorted(wanted, key=_name_bytes)
+                if limit is None
+                else heapq.nsmallest(limit, wanted, key=_name_bytes)
+            )
             entries = []
-            for entry in os.scandir(dfd):
-                st = entry.stat(follow_symlinks=False)
+            for entry in picked:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # the program removed it meanwhile
+                    continue
                 kind = (
                     "dir" if stat.S_ISDIR(st.st_mode)
                     else "file" if stat.S_ISREG(st.st_mode)
@@ -211,7 +237,11 @@ class Workspace:
                     else "other"
                 )  # fmt: skip
                 entries.append(Entry(entry.name, kind, st.st_size, st.st_mtime))
-        return sorted(entries, key=lambda e: e.name)
+        return entries
+
+
+def _name_bytes(entry: os.DirEntry[str]) -> bytes:
+    return os.fsencode(entry.name)
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -53,8 +54,10 @@ from execbox.store import utcnow
 log = structlog.get_logger(__name__)
 
 TAIL_CHARS = 4000
+TAIL_BYTES = 4 * TAIL_CHARS  # enough for TAIL_CHARS characters of any UTF-8
 PORT_POLL_S = 0.05
 BUILD_LOG_BYTES = 1 << 20
+MAX_BUILDS_KEPT = 100  # finished builds whose events stay in memory, per sandbox
 
 
 class BuildFailed(Exception):
@@ -72,10 +75,6 @@ def preview_path(sandbox_id: str, port: int) -> str:
     return f"/v1/sandboxes/{sandbox_id}/ports/{port}/"
 
 
-def _tail(text: str) -> str:
-    return text[-TAIL_CHARS:]
-
-
 class _Run:
     """One build under way: its record, kept and published at every change."""
 
@@ -85,24 +84,26 @@ class _Run:
         self.build = build
         self.events = events
         self.live = live
-        self.output: list[str] = []  # the current step's output, for its tail
+        self.output = b""  # the end of the current step's output, for its tail
 
     async def update(self, **changes: object) -> None:
         self.build = self.build.model_copy(update=changes)
         self.live.builds[self.build.id] = (self.build, self.events)
         await self._save(self.build)
-        self.events.append("build", self.build.model_dump(mode="json"))
+        record = self.build.model_dump(mode="json")
+        self.events.append("build", record, len(json.dumps(record)))
 
-    def emit(self, stream: str, text: str) -> None:
-        self.output.append(text)
+    def emit(self, stream: str, chunk: bytes) -> None:
+        # Only the tail is kept: an app may write without end while it starts.
+        self.output = (self.output + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
         step = self.build.steps[-1].name if self.build.steps else ""
-        self.events.append("output", {"step": step, "stream": stream, "data": text}, len(text))
+        self.events.write("output", chunk, {"step": step, "stream": stream})
 
     def tail(self) -> str:
-        return _tail("".join(self.output))
+        return self.output.decode(errors="replace")[-TAIL_CHARS:]
 
     async def step(self, name: BuildStatus, work: Callable[[], Awaitable[None]]) -> None:
-        self.output = []
+        self.output = b""
         started = BuildStep(name=name.value, status="running", started_at=utcnow())
         await self.update(status=name, steps=[*self.build.steps, started])
         try:
@@ -138,10 +139,19 @@ class Builds:
             status=BuildStatus.QUEUED,
             created_at=utcnow(),
         )
-        run = _Run(self.service.store.save_build, build, EventLog(BUILD_LOG_BYTES), live)
+        events = EventLog(BUILD_LOG_BYTES, live.logs)
+        run = _Run(self.service.store.save_build, build, events, live)
         await run.update()
+        self._forget_old_builds(live)
         self.service.spawn(self._run(run, request))
         return run.build
+
+    @staticmethod
+    def _forget_old_builds(live: LiveSandbox) -> None:
+        """Builds past the newest MAX_BUILDS_KEPT are read from the store instead."""
+        finished = [b for b in live.builds if live.builds[b][1].closed]
+        for build_id in finished[: max(0, len(live.builds) - MAX_BUILDS_KEPT)]:
+            live.builds.pop(build_id)[1].release()
 
     async def get(self, sandbox_id: str, build_id: str) -> tuple[BuildInfo, EventLog | None]:
         live = self.service.find_live(sandbox_id)
@@ -216,7 +226,7 @@ class Builds:
                 workspace.write_file(file.path, file.data())
             except (WorkspacePathError, SandboxError) as exc:
                 raise BuildFailed(f"could not write {file.path!r}: {exc}") from exc
-            run.emit("stdout", f"wrote {file.path}\n")
+            run.emit("stdout", f"wrote {file.path}\n".encode())
 
     async def _deps(self, run: _Run, request: BuildCreate) -> None:
         assert request.install is not None
@@ -247,7 +257,7 @@ class Builds:
                 processes=limits.processes, output_bytes=config.sandbox_output_kb << 10,
                 file_size_bytes=limits.disk_mb << 20,
             ),
-            on_output=lambda stream, data: run.emit(stream, data.decode(errors="replace")),
+            on_output=run.emit,
             network=True,
         )  # fmt: skip
 
@@ -276,8 +286,8 @@ class Builds:
     async def _forward(run: _Run, command: LiveCommand) -> None:
         """The command's output into the build's log, until the command ends."""
         async for event in command.log.follow(0):
-            if event.kind in ("stdout", "stderr"):
-                run.emit(event.kind, event.data["data"])
+            if event.chunk is not None:
+                run.emit(event.kind, event.chunk)
 
     async def _start(self, run: _Run, request: BuildCreate) -> None:
         assert request.start is not None

@@ -87,11 +87,19 @@ class TimeoutUpdate(BaseModel):
 
 
 class FileEntry(BaseModel):
-    name: str
+    name: str = Field(..., description="Bytes that are not UTF-8 show as U+FFFD")
     path: str
     type: str = Field(..., description="file | dir | symlink | other")
     size: int
     mtime: datetime
+    name_base64: str | None = Field(
+        None, description="The name's exact bytes, only when they are not UTF-8"
+    )
+    path_base64: str | None = Field(
+        None,
+        description="The path's exact bytes, only when they are not UTF-8 (percent-encode "
+        "them to address the file)",
+    )
 
 
 class CommandCreate(BaseModel):

@@ -10,7 +10,6 @@ running and reports them as lost: their processes ended with the old server.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import secrets
@@ -20,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
 import structlog
@@ -36,9 +35,9 @@ from execbox.engine.session import (
     command_limits,
     open_session,
 )
-from execbox.engine.workspace import Entry, split_path
+from execbox.engine.workspace import Entry, Workspace, split_path
 from execbox.runner.results import to_stage
-from execbox.sandboxes.eventlog import EventLog
+from execbox.sandboxes.eventlog import EventLog, LogBudget
 from execbox.sandboxes.schemas import (
     BuildInfo,
     CommandCreate,
@@ -54,6 +53,7 @@ from execbox.sandboxes.store import SandboxStore
 from execbox.store import Database, utcnow
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 BASE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -115,12 +115,15 @@ class LiveCommand:
 class LiveSandbox:
     info: SandboxInfo
     session: Session
+    logs: LogBudget  # shared by the logs of its commands and builds
     expiry: asyncio.TimerHandle | None = None
     commands: OrderedDict[str, LiveCommand] = field(default_factory=OrderedDict)
     builds: dict[str, tuple[BuildInfo, EventLog]] = field(default_factory=dict)
     build_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     app: LiveCommand | None = None  # the running app of the newest ready build
     preview: httpcore.AsyncConnectionPool | None = None
+    # One file-system walk (a listing, a removal) at a time per sandbox, in a thread.
+    files_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _new_id(prefix: str) -> str:
@@ -159,17 +162,6 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
         if not name or "=" in name or "\0" in name or "\0" in value:
             raise InvalidSandboxRequest(f"invalid environment variable: {name!r}")
     return {**BASE_ENV, **extra}
-
-
-def _chunk_data(data: bytes) -> dict[str, Any]:
-    """Output as JSON: text, plus the exact bytes when they are not UTF-8."""
-    try:
-        return {"data": data.decode()}
-    except UnicodeDecodeError:
-        return {
-            "data": data.decode(errors="replace"),
-            "data_base64": base64.b64encode(data).decode(),
-        }
 
 
 class SandboxService:
@@ -313,7 +305,7 @@ class SandboxService:
             expires_at=now + timedelta(seconds=timeout),
             preview_token=secrets.token_urlsafe(24),
         )
-        live = LiveSandbox(info, session)
+        live = LiveSandbox(info, session, LogBudget(self.config.sandbox_logs_kb << 10))
         self._live[info.id] = live
         try:
             await self.store.save(info, self.owner)
@@ -430,18 +422,28 @@ class SandboxService:
 
     # -- files ---------------------------------------------------------------------
 
-    async def write_file(self, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]) -> int:
-        """Streams ``chunks`` into the file; a failed or oversized upload leaves no file.
-        Writes go straight to the tmpfs (memory speed): no thread is needed."""
+    async def write_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        declared_size: int | None = None,
+    ) -> int:
+        """Streams ``chunks`` into the file; a failed or oversized upload leaves no file,
+        and one whose ``declared_size`` is over the cap is refused before any byte is
+        read. Writes go straight to the tmpfs (memory speed): no thread is needed."""
         workspace = (await self.live(sandbox_id)).session.workspace
         cap = self.config.sandbox_file_mb << 20
+        too_large = FileTooLarge(f"files sent through the API are at most {cap} bytes")
+        if declared_size is not None and declared_size > cap:
+            raise too_large
         fd = workspace.open_file(path, write=True)
         size = 0
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > cap:
-                    raise FileTooLarge(f"files sent through the API are at most {cap} bytes")
+                    raise too_large
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
@@ -475,11 +477,22 @@ class SandboxService:
 
         return size, chunks()
 
-    async def remove_file(self, sandbox_id: str, path: str) -> None:
-        (await self.live(sandbox_id)).session.workspace.remove(path)
+    async def _in_thread(self, sandbox_id: str, work: Callable[[Workspace], T]) -> T:
+        """Runs ``work`` on the sandbox's workspace in a thread: a directory can hold
+        millions of entries, and walking it must not stall every other request. One
+        walk at a time per sandbox, so one sandbox cannot take every thread."""
+        live = await self.live(sandbox_id)
+        async with live.files_lock:
+            return await asyncio.to_thread(work, live.session.workspace)
 
-    async def list_files(self, sandbox_id: str, path: str) -> list[Entry]:
-        return (await self.live(sandbox_id)).session.workspace.list_dir(path)
+    async def remove_file(self, sandbox_id: str, path: str) -> None:
+        await self._in_thread(sandbox_id, lambda workspace: workspace.remove(path))
+
+    async def list_files(self, sandbox_id: str, path: str, after: bytes, limit: int) -> list[Entry]:
+        """The first ``limit`` entries of a directory whose names sort after ``after``."""
+        return await self._in_thread(
+            sandbox_id, lambda workspace: workspace.list_dir(path, after=after, limit=limit)
+        )
 
     # -- commands ------------------------------------------------------------------
 
@@ -504,14 +517,10 @@ class SandboxService:
         if timeout is None and not request.background:
             timeout = self.config.sandbox_command_timeout_s
         limits = command_limits(live.session.limits, timeout, self.config.sandbox_output_kb << 10)
-        events = EventLog(self.config.sandbox_log_kb << 10)
-
-        def on_output(stream: str, data: bytes) -> None:
-            events.append(stream, _chunk_data(data), len(data))
-
+        events = EventLog(self.config.sandbox_log_kb << 10, live.logs)
         try:
             process = await live.session.exec(
-                command, limits, on_output=on_output, capture=not request.background
+                command, limits, on_output=events.write, capture=not request.background
             )
         except SandboxError:
             if not live.session.ended.is_set():
@@ -566,6 +575,7 @@ class SandboxService:
         finished = [c for c in live.commands.values() if c.process.done]
         for command in finished[: max(0, len(live.commands) - MAX_COMMANDS_KEPT)]:
             del live.commands[command.info.id]
+            command.log.release()
 
     async def run_command(self, sandbox_id: str, request: CommandCreate) -> CommandInfo:
         """Foreground: the finished command; background: the running one, at once."""

@@ -30,6 +30,9 @@ class SandboxSettings(BaseSettings):
     sandbox_log_kb: int = Field(
         1024, gt=0, description="Replayable output kept per running command (finished: 64 KiB)"
     )
+    sandbox_logs_kb: int = Field(
+        16384, gt=0, description="Output and build logs kept in memory per sandbox, in all"
+    )
     sandbox_max_commands: int = Field(
         32, gt=0, description="Commands running at once per sandbox (their logs are in memory)"
     )
