@@ -9,16 +9,21 @@ import json
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from execbox.config import Settings
 from execbox.models import ExecutionRequest, ExecutionResult, Stage
 from execbox.runner import Runner
+from execbox.sandbox.uids import CLAIMS_DIR, uids_in_use
 
-# The session's sandbox uid is claimed from this range (not the default 60100), so that a
-# process of that uid on the host can only be a survivor of this very session: never a
+# Each runner or server of a test session runs its sandboxes as a block of uids of its
+# own, claimed from these (far from the default 60100..61099): a process of a block's uid
+# on the host can only be a survivor of that very runner or server, never a real
 # server's, nor another test session's running at the same time.
-TEST_UID_RANGE = range(61000, 62000)
+TEST_UID_BLOCK = 64
+TEST_UID_BLOCKS = range(3_000_000, 3_000_000 + 1024 * TEST_UID_BLOCK, TEST_UID_BLOCK)
 
 # Services on the host's loopback that a sandboxed program must never reach.
 HOST_SERVICES = {"redis": 6379, "postgresql": 5432}
@@ -95,26 +100,63 @@ def _status(pid: str) -> dict[str, str]:
         return {}
 
 
-def claim_uid() -> tuple[int, IO[str]]:
-    """A sandbox uid no other session uses: the first free lock of the range, held until
-    the returned file is closed. A uid some process runs as already is skipped."""
-    busy = {int(v) for pid in os.listdir("/proc") if pid.isdigit()
-            for v in _status(pid).get("Uid", "").split()}  # fmt: skip
-    for uid in TEST_UID_RANGE:
-        if uid in busy:
+@dataclass
+class UidClaim:
+    """A block of sandbox uids (gids alike) no other test runner or server uses, until
+    ``release()`` (or the end of the test process)."""
+
+    uids: range
+    lock: IO[str]
+
+    @property
+    def settings(self) -> dict[str, int]:
+        """The Settings fields that make a runner use these uids."""
+        return {
+            "sandbox_uid": self.uids.start,
+            "sandbox_gid": self.uids.start,
+            "sandbox_uid_count": len(self.uids),
+        }
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The same, for a server's environment."""
+        return {f"EXECBOX_{name.upper()}": str(value) for name, value in self.settings.items()}
+
+    def release(self) -> None:
+        self.lock.close()
+
+
+def claim_uids() -> UidClaim:
+    """The first block of TEST_UID_BLOCKS whose lock is free and none of whose uids a
+    process runs as; its lock is held until released."""
+    busy = uids_in_use()
+    for start in TEST_UID_BLOCKS:
+        block = range(start, start + TEST_UID_BLOCK)
+        if not busy.isdisjoint(block):
             continue
-        lock = open(f"/tmp/execbox-engine-tests-uid-{uid}.lock", "w")  # noqa: SIM115
+        lock = open(f"/tmp/execbox-tests-uids-{start}.lock", "w")  # noqa: SIM115
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             continue
-        return uid, lock
-    raise RuntimeError(f"no free sandbox uid in {TEST_UID_RANGE}")
+        return UidClaim(block, lock)
+    raise RuntimeError(f"no free block of sandbox uids in {TEST_UID_BLOCKS}")
 
 
-def sandbox_pids(uid: int) -> list[int]:
-    """Every live host process that runs as the sandbox uid (real, effective or saved).
+def settings_uids(settings: Settings) -> range:
+    """The uids a runner's sandboxes run as."""
+    return range(settings.sandbox_uid, settings.sandbox_uid + settings.sandbox_uid_count)
+
+
+def env_uids(env: dict[str, str]) -> range:
+    """The uids a server's sandboxes run as."""
+    start = int(env["EXECBOX_SANDBOX_UID"])
+    return range(start, start + int(env["EXECBOX_SANDBOX_UID_COUNT"]))
+
+
+def sandbox_pids(uids: range) -> list[int]:
+    """Every live host process that runs as one of ``uids`` (real, effective or saved).
 
     Zombies are left out: a dead process whose exit status its new parent has not
     collected yet runs nothing and holds nothing (when a box is killed, its init can
@@ -125,8 +167,9 @@ def sandbox_pids(uid: int) -> list[int]:
         if not pid.isdigit():
             continue
         status = _status(pid)
-        uids = {int(v) for v in status.get("Uid", "").split()}
-        if uid in uids and not status.get("State", "").startswith("Z"):
+        if any(int(v) in uids for v in status.get("Uid", "").split()) and not status.get(
+            "State", ""
+        ).startswith("Z"):
             found.append(int(pid))
     return sorted(found)
 
@@ -199,25 +242,31 @@ class HostGuard:
         self.hostname = socket.gethostname()
         self.ports = {name: port_answers(port) for name, port in HOST_SERVICES.items()}
 
-    def _warm(self) -> tuple[set[int], set[str], set[str]]:
-        """Processes, cgroup names and workspace names of the pool's idle boxes."""
+    def _warm(self) -> tuple[set[int], set[str], set[str], set[int]]:
+        """Processes, cgroup names, workspace names and uids of the pool's idle boxes."""
         pids: set[int] = set()
         cgroups: set[str] = set()
         workspaces: set[str] = set()
+        uids: set[int] = set()
         for box in (box for r in self.runners for box in list(r.sandbox._idle)):
             pids.update(box.session.cgroup.pids())
             pids.add(box.session.proc.pid)
             cgroups.update(d.name for d in box.session.cgroup.dirs)
             workspaces.add(box.workspace.path.name)
-        return pids, cgroups, workspaces
+            uids.add(box.workspace.uid)
+        return pids, cgroups, workspaces, uids
 
     def _leftovers(self) -> list[str]:
-        warm_pids, warm_cgroups, warm_workspaces = self._warm()
+        warm_pids, warm_cgroups, warm_workspaces, warm_uids = self._warm()
+        uids = settings_uids(self.runner.settings)
         problems = [
             f"sandbox process survived its run: {pid}: {cmdline(pid)}"
-            for pid in sandbox_pids(self.runner.settings.sandbox_uid)
+            for pid in sandbox_pids(uids)
             if pid not in warm_pids
         ]
+        claimed = {int(p.name) for p in CLAIMS_DIR.iterdir() if int(p.name) in uids}
+        if claimed - warm_uids:
+            problems.append(f"sandbox uids still claimed: {sorted(claimed - warm_uids)}")
         settings = self.runner.settings
         for parent in Path(settings.cgroup_mount).glob(f"*/{settings.cgroup_name}"):
             left = {d.name for d in parent.iterdir() if d.is_dir()} - warm_cgroups

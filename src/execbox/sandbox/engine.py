@@ -39,6 +39,7 @@ from execbox.sandbox.errors import SandboxError, SandboxUnavailable
 from execbox.sandbox.names import owned_name, owner_alive
 from execbox.sandbox.native import init_binary
 from execbox.sandbox.seccomp import filter_bpf
+from execbox.sandbox.uids import UidPool
 from execbox.sandbox.workspace import Workspace
 
 log = structlog.get_logger(__name__)
@@ -114,6 +115,7 @@ class Sandbox:
             extra_ro_paths=tuple(sorted(set(extra_ro_paths))),
         )
         self.seccomp_file = _write_once(settings.bin_dir / "seccomp.bpf", filter_bpf())
+        self.uids = UidPool(settings.sandbox_uid, settings.sandbox_gid, settings.sandbox_uid_count)
         self.bwrap = settings.bwrap_path
         self._idle: deque[Box] = deque()
         # The box of each workspace in use, and how many boxes are being reset.
@@ -125,9 +127,14 @@ class Sandbox:
 
     # -- workspaces --------------------------------------------------------
 
-    def _new_workspace(self, disk_mb: int) -> Workspace:
-        path = self.settings.workspaces_dir / owned_name()
-        return Workspace.create(path, self.settings.sandbox_uid, self.settings.sandbox_gid, disk_mb)
+    def new_workspace(self, disk_mb: int) -> Workspace:
+        """A new workspace, owned by a uid no other live sandbox has (see uids.py)."""
+        lease = self.uids.acquire()
+        try:
+            return Workspace.create(self.settings.workspaces_dir / owned_name(), lease, disk_mb)
+        except BaseException:
+            lease.release()
+            raise
 
     def _sweep_stale_workspaces(self) -> None:
         """Unmounts workspaces whose process died without cleaning up (crash, SIGKILL).
@@ -157,7 +164,7 @@ class Sandbox:
     async def _new_box(self) -> Box:
         """A new box (without network) over a new workspace of its own."""
         # mkdir + mount: in a thread, off the event loop that serves every request.
-        workspace = await asyncio.to_thread(self._new_workspace, 1)
+        workspace = await asyncio.to_thread(self.new_workspace, 1)
         try:
             return await Box.start(self, workspace, network=False)
         except BaseException:

@@ -47,6 +47,7 @@ from execbox.sandbox.command import (
 from execbox.sandbox.errors import SandboxError
 from execbox.sandbox.names import owned_name
 from execbox.sandbox.spawn import Spawned, read_pipe, write_pipe
+from execbox.sandbox.uids import UidLease
 from execbox.sandbox.workspace import Workspace, write_all
 
 if TYPE_CHECKING:
@@ -272,6 +273,7 @@ class Session:
         self._ids = itertools.count(1)
         self.ended = asyncio.Event()
         self.netns_fd = -1  # the sandbox's network namespace, for the preview proxy
+        self._lease: UidLease | None = None  # this session's hold on the workspace's uid
         asyncio.get_running_loop().add_reader(control.fileno(), self._on_control)
 
     @classmethod
@@ -289,21 +291,28 @@ class Session:
         host, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         host.setblocking(False)
         seccomp_fd = os.open(sandbox.seccomp_file, os.O_RDONLY | os.O_CLOEXEC)
-        settings = sandbox.settings
+        # It runs as the workspace's uid, which no other live sandbox has (uids.py).
         argv = [
             str(sandbox.view.init_binary), "enter",
-            str(settings.sandbox_uid), str(settings.sandbox_gid), *cgroup.procs_files, "--",
+            str(workspace.uid), str(workspace.gid), *cgroup.procs_files, "--",
             *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, network=network,
                            seccomp_fd=SECCOMP_FD),
             "--", INIT_PATH, "serve", str(CONTROL_FD), *(["exclusive"] if exclusive else []),
         ]  # fmt: skip
+        # The session holds the uid too, until it is shut down: its workspace may go first.
+        lease = workspace.lease
+        if lease is not None:
+            lease.hold()
         try:
             # Commands get stdio pipes of their own, over the control socket.
             proc = await Spawned.start(argv, {CONTROL_FD: inside.detach(), SECCOMP_FD: seccomp_fd})
         except BaseException:
             host.close()
+            if lease is not None:
+                lease.release()
             raise
         session = cls(proc, cgroup, workspace, host, network=network, exclusive=exclusive)
+        session._lease = lease
         try:
             await asyncio.wait_for(asyncio.shield(session._ready), START_TIMEOUT_S)
             session.init_pid = session._find_init()
@@ -314,6 +323,7 @@ class Session:
         except (TimeoutError, SandboxError, OSError) as exc:
             session.kill()
             await proc.exited
+            session._release_uid()  # its cgroup was killed whole, and the caller removes it
             stderr = (await proc.errors.read()).decode(errors="replace").strip()
             raise SandboxError(f"the sandbox did not start: {stderr or exc}") from exc
         return session
@@ -469,6 +479,12 @@ class Session:
             os.close(self.netns_fd)
             self.netns_fd = -1
         await self.cgroup.remove_async()
+        self._release_uid()  # its processes are gone with their cgroup
+
+    def _release_uid(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     async def close(self) -> None:
         """Kills everything, then frees the cgroup and the workspace (its disk)."""
@@ -480,12 +496,7 @@ async def open_session(sandbox: Sandbox, limits: SessionLimits) -> Session:
     """A new long-lived sandbox with a fresh workspace and cgroup of its own."""
     # Names say which process owns them, so the engine's start-up sweep frees them
     # after a crash like any other workspace and cgroup.
-    workspace = Workspace.create(
-        sandbox.settings.workspaces_dir / owned_name(),
-        sandbox.settings.sandbox_uid,
-        sandbox.settings.sandbox_gid,
-        limits.disk_mb,
-    )
+    workspace = sandbox.new_workspace(limits.disk_mb)
     try:
         cgroup = sandbox.cgroups.create(owned_name())
     except BaseException:
