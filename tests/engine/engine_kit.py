@@ -34,6 +34,73 @@ WATCHED_FILES = ("/etc/passwd", "/etc/shadow", "/etc/hosts", "/etc/hostname", "/
 PWNED_NAME = "execbox-pwned"
 PWNED_DIRS = ("/", "/etc", "/usr", "/usr/bin", "/bin", "/tmp", "/var/tmp", "/root", "/dev")
 
+# Uses up what the kernel counts per host user (inotify instances, pipe buffer pages,
+# queued signals), says how far it got, then holds it all until its stdin closes.
+PER_USER_HOG = r"""
+import ctypes, errno, fcntl, json, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+
+inotify = []
+while len(inotify) < 1000:
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    if fd < 0:
+        inotify_errno = ctypes.get_errno()
+        break
+    inotify.append(fd)
+
+pipes = []
+while len(pipes) < 1000:
+    r, w = os.pipe()
+    pipes.append((r, w))
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+    except OSError as exc:
+        pipe_errno = exc.errno
+        break
+r, w = os.pipe()
+shrunk_pipe = fcntl.fcntl(w, F_GETPIPE_SZ)
+
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN})
+queued = 0
+while queued < 1_000_000 and libc.sigqueue(os.getpid(), signal.SIGRTMIN, ctypes.c_void_p(0)) == 0:
+    queued += 1
+sigqueue_errno = ctypes.get_errno()
+
+print(json.dumps({
+    "inotify": len(inotify), "inotify_errno": inotify_errno,
+    "big_pipes": len(pipes) - 1, "pipe_errno": pipe_errno, "new_pipe_size": shrunk_pipe,
+    "queued": queued, "sigqueue_errno": sigqueue_errno,
+}), flush=True)
+sys.stdin.read()
+print("released")
+"""
+
+# What every program expects of a fresh process: each call works.
+PER_USER_PROBE = r"""
+import ctypes, fcntl, json, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+report = {}
+fd = libc.inotify_init1(os.O_CLOEXEC)
+report["inotify_init1"] = "ok" if fd >= 0 else os.strerror(ctypes.get_errno())
+r, w = os.pipe()
+report["pipe_size"] = fcntl.fcntl(w, 1032)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN})
+ok = libc.sigqueue(os.getpid(), signal.SIGRTMIN, ctypes.c_void_p(0)) == 0
+report["sigqueue"] = "ok" if ok else os.strerror(ctypes.get_errno())
+timer = ctypes.c_void_p()
+ok = libc.timer_create(1, None, ctypes.byref(timer)) == 0
+report["timer_create"] = "ok" if ok else os.strerror(ctypes.get_errno())
+print(json.dumps(report))
+"""
+# What PER_USER_PROBE prints when nothing was taken from it.
+PER_USER_PROBE_OK = {
+    "inotify_init1": "ok",
+    "pipe_size": 65536,
+    "sigqueue": "ok",
+    "timer_create": "ok",
+}
+
 
 async def execute(runner: Runner, language: str, code: str, **fields: Any) -> ExecutionResult:
     """Runs ``code`` through the real runner."""

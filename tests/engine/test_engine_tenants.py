@@ -7,13 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import resource
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
-from engine_kit import HostGuard, claim_uids, describe, json_lines, stdout
+from engine_kit import (
+    PER_USER_HOG,
+    PER_USER_PROBE,
+    PER_USER_PROBE_OK,
+    HostGuard,
+    claim_uids,
+    describe,
+    json_lines,
+    stdout,
+)
 
 from execbox.models import ExecutionRequest, Verdict
 from execbox.runner import Runner, RunnerEvent
@@ -25,66 +36,7 @@ HOLD_LIMIT_S = 30  # a guard against a hang, not a measurement
 # Queued signals are kernel memory (~100 bytes each): a host whose limit is higher than
 # this is not worth filling in a test.
 MAX_SIGPENDING = 200_000
-
-# Uses up what the kernel counts per user, says how far it got, then holds it all until
-# its stdin closes.
-HOG = r"""
-import ctypes, errno, fcntl, json, os, signal, sys
-libc = ctypes.CDLL(None, use_errno=True)
-F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
-
-inotify = []
-while len(inotify) < 1000:
-    fd = libc.inotify_init1(os.O_CLOEXEC)
-    if fd < 0:
-        inotify_errno = ctypes.get_errno()
-        break
-    inotify.append(fd)
-
-pipes = []
-while len(pipes) < 1000:
-    r, w = os.pipe()
-    pipes.append((r, w))
-    try:
-        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
-    except OSError as exc:
-        pipe_errno = exc.errno
-        break
-r, w = os.pipe()
-shrunk_pipe = fcntl.fcntl(w, F_GETPIPE_SZ)
-
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN})
-queued = 0
-while queued < 1_000_000 and libc.sigqueue(os.getpid(), signal.SIGRTMIN, ctypes.c_void_p(0)) == 0:
-    queued += 1
-sigqueue_errno = ctypes.get_errno()
-
-print(json.dumps({
-    "inotify": len(inotify), "inotify_errno": inotify_errno,
-    "big_pipes": len(pipes) - 1, "pipe_errno": pipe_errno, "new_pipe_size": shrunk_pipe,
-    "queued": queued, "sigqueue_errno": sigqueue_errno,
-}), flush=True)
-sys.stdin.read()
-print("released")
-"""
-
-# What every program expects of a fresh process: each call works.
-PROBE = r"""
-import ctypes, fcntl, json, os, signal
-libc = ctypes.CDLL(None, use_errno=True)
-report = {}
-fd = libc.inotify_init1(os.O_CLOEXEC)
-report["inotify_init1"] = "ok" if fd >= 0 else os.strerror(ctypes.get_errno())
-r, w = os.pipe()
-report["pipe_size"] = fcntl.fcntl(w, 1032)
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN})
-ok = libc.sigqueue(os.getpid(), signal.SIGRTMIN, ctypes.c_void_p(0)) == 0
-report["sigqueue"] = "ok" if ok else os.strerror(ctypes.get_errno())
-timer = ctypes.c_void_p()
-ok = libc.timer_create(1, None, ctypes.byref(timer)) == 0
-report["timer_create"] = "ok" if ok else os.strerror(ctypes.get_errno())
-print(json.dumps(report))
-"""
+INOTIFY_INSTANCES = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
 
 
 async def test_a_tenant_that_exhausts_per_user_limits_leaves_another_its_own(
@@ -110,7 +62,7 @@ async def test_a_tenant_that_exhausts_per_user_limits_leaves_another_its_own(
 
     hog = asyncio.create_task(
         runner.execute(
-            ExecutionRequest(language="python", code=HOG, limits=LIMITS),
+            ExecutionRequest(language="python", code=PER_USER_HOG, limits=LIMITS),
             on_event=on_event,
             stdin=held_stdin(),
         )
@@ -122,18 +74,15 @@ async def test_a_tenant_that_exhausts_per_user_limits_leaves_another_its_own(
         assert filled.is_set(), describe(await hog) if hog.done() else "the hog said nothing"
         used = json.loads(output.splitlines()[0])
         # It did use up its own share of each: the probe's would be gone if they were shared.
-        assert used["inotify_errno"] == 24 and used["inotify"] <= 128, used  # EMFILE
-        assert used["pipe_errno"] == 1 and used["new_pipe_size"] == 8192, used  # EPERM
-        assert used["sigqueue_errno"] == 11 and used["queued"] >= sigpending - 16, used  # EAGAIN
+        assert used["inotify_errno"] == errno.EMFILE and used["inotify"] == INOTIFY_INSTANCES, used
+        assert used["pipe_errno"] == errno.EPERM and used["new_pipe_size"] == 8192, used
+        assert used["sigqueue_errno"] == errno.EAGAIN and used["queued"] >= sigpending - 16, used
 
-        probe = await runner.execute(ExecutionRequest(language="python", code=PROBE, limits=LIMITS))
+        probe = await runner.execute(
+            ExecutionRequest(language="python", code=PER_USER_PROBE, limits=LIMITS)
+        )
         assert probe.verdict == Verdict.OK, describe(probe)
-        assert json_lines(stdout(probe)) == {
-            "inotify_init1": "ok",
-            "pipe_size": 65536,
-            "sigqueue": "ok",
-            "timer_create": "ok",
-        }
+        assert json_lines(stdout(probe)) == PER_USER_PROBE_OK
     finally:
         release.set()
         result = await asyncio.wait_for(hog, HOLD_LIMIT_S)
