@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import json
 import resource
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from engine_kit import (
@@ -37,23 +39,23 @@ HOLD_LIMIT_S = 30  # a guard against a hang, not a measurement
 # this is not worth filling in a test.
 MAX_SIGPENDING = 200_000
 INOTIFY_INSTANCES = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+LIBC = ctypes.CDLL(None, use_errno=True)
+IO_SETUP, IO_DESTROY = 206, 207  # x86-64
 
 
-async def test_a_tenant_that_exhausts_per_user_limits_leaves_another_its_own(
-    runner: Runner, host: HostGuard
-) -> None:
-    sigpending = resource.getrlimit(resource.RLIMIT_SIGPENDING)[0]
-    if not 0 < sigpending <= MAX_SIGPENDING:
-        pytest.skip(f"RLIMIT_SIGPENDING is {sigpending}: too many signals to queue in a test")
+@contextlib.asynccontextmanager
+async def holding(runner: Runner, code: str) -> AsyncIterator[dict[str, Any]]:
+    """Runs a program that prints one JSON line and then waits for its stdin to close;
+    yields that line's value while it waits, and lets it end after the block."""
     output = bytearray()
-    filled = asyncio.Event()
+    said = asyncio.Event()
     release = asyncio.Event()
 
     def on_event(event: RunnerEvent) -> None:
         if event.kind == "stdout":
             output.extend(event.data)
             if b"\n" in output:
-                filled.set()
+                said.set()
 
     async def held_stdin() -> AsyncIterator[bytes]:
         await release.wait()
@@ -62,17 +64,30 @@ async def test_a_tenant_that_exhausts_per_user_limits_leaves_another_its_own(
 
     hog = asyncio.create_task(
         runner.execute(
-            ExecutionRequest(language="python", code=PER_USER_HOG, limits=LIMITS),
+            ExecutionRequest(language="python", code=code, limits=LIMITS),
             on_event=on_event,
             stdin=held_stdin(),
         )
     )
     try:
-        filling = asyncio.create_task(filled.wait())
-        await asyncio.wait({hog, filling}, timeout=HOLD_LIMIT_S, return_when="FIRST_COMPLETED")
-        filling.cancel()
-        assert filled.is_set(), describe(await hog) if hog.done() else "the hog said nothing"
-        used = json.loads(output.splitlines()[0])
+        saying = asyncio.create_task(said.wait())
+        await asyncio.wait({hog, saying}, timeout=HOLD_LIMIT_S, return_when="FIRST_COMPLETED")
+        saying.cancel()
+        assert said.is_set(), describe(await hog) if hog.done() else "the program said nothing"
+        yield json.loads(output.splitlines()[0])
+    finally:
+        release.set()
+        result = await asyncio.wait_for(hog, HOLD_LIMIT_S)
+    assert result.verdict == Verdict.OK and stdout(result).endswith("released\n"), describe(result)
+
+
+async def test_a_tenant_that_exhausts_per_user_limits_leaves_another_its_own(
+    runner: Runner, host: HostGuard
+) -> None:
+    sigpending = resource.getrlimit(resource.RLIMIT_SIGPENDING)[0]
+    if not 0 < sigpending <= MAX_SIGPENDING:
+        pytest.skip(f"RLIMIT_SIGPENDING is {sigpending}: too many signals to queue in a test")
+    async with holding(runner, PER_USER_HOG) as used:
         # It did use up its own share of each: the probe's would be gone if they were shared.
         assert used["inotify_errno"] == errno.EMFILE and used["inotify"] == INOTIFY_INSTANCES, used
         assert used["pipe_errno"] == errno.EPERM and used["new_pipe_size"] == 8192, used
@@ -83,10 +98,37 @@ async def test_a_tenant_that_exhausts_per_user_limits_leaves_another_its_own(
         )
         assert probe.verdict == Verdict.OK, describe(probe)
         assert json_lines(stdout(probe)) == PER_USER_PROBE_OK
-    finally:
-        release.set()
-        result = await asyncio.wait_for(hog, HOLD_LIMIT_S)
-    assert result.verdict == Verdict.OK and stdout(result).endswith("released\n"), describe(result)
+    await host.check()
+
+
+# Asks for every kernel AIO event of the host (fs.aio-max-nr counts them host-wide).
+AIO_HOG = r"""
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+wanted = int(open("/proc/sys/fs/aio-max-nr").read())
+context = ctypes.c_ulong(0)
+got = libc.syscall(206, wanted, ctypes.byref(context))  # io_setup, x86-64
+print(json.dumps({"io_setup": got, "errno": ctypes.get_errno()}), flush=True)
+sys.stdin.read()
+print("released")
+"""
+
+
+def host_io_setup() -> int:
+    """io_setup(1) in this (the server's) process: 0, or the errno it failed with."""
+    context = ctypes.c_ulong(0)
+    if LIBC.syscall(IO_SETUP, 1, ctypes.byref(context)) != 0:
+        return ctypes.get_errno()
+    LIBC.syscall(IO_DESTROY, context)
+    return 0
+
+
+async def test_a_program_cannot_take_the_hosts_aio_contexts(
+    runner: Runner, host: HostGuard
+) -> None:
+    async with holding(runner, AIO_HOG) as tried:
+        assert host_io_setup() == 0  # the rest of the host still has them
+        assert tried == {"io_setup": -1, "errno": errno.ENOSYS}
     await host.check()
 
 
