@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     def bin_dir(self) -> Path:
         return self.runtime_dir / "bin"
 
+    @property
+    def ptys_dir(self) -> Path:
+        return self.runtime_dir / "pts"
+
 
 def _split(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]

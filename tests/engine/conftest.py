@@ -91,8 +91,8 @@ async def runner(settings: Settings, host_secret: str) -> AsyncIterator[Runner]:
     assert sandbox_pids(settings_uids(settings)) == [], (
         "sandbox processes survived the runner's close()"
     )
-    left = list(settings.workspaces_dir.iterdir())
-    assert left == [], f"workspaces left mounted after close(): {left}"
+    left = [*settings.workspaces_dir.iterdir(), *settings.ptys_dir.iterdir()]
+    assert left == [], f"workspaces or ptys left mounted after close(): {left}"
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -310,21 +310,24 @@ class HostGuard:
         self.ports = {name: port_answers(port) for name, port in HOST_SERVICES.items()}
 
     def _warm(self) -> tuple[set[int], set[str], set[str], set[int]]:
-        """Processes, cgroup names, workspace names and uids of the pool's idle boxes."""
+        """Processes, cgroup names, workspace and pty mount names, and uids of the pool's
+        idle boxes."""
         pids: set[int] = set()
         cgroups: set[str] = set()
-        workspaces: set[str] = set()
+        mounts: set[str] = set()
         uids: set[int] = set()
         for box in (box for r in self.runners for box in list(r.sandbox._idle)):
             pids.update(box.session.cgroup.pids())
             pids.add(box.session.proc.pid)
             cgroups.update(d.name for d in box.session.cgroup.dirs)
-            workspaces.add(box.workspace.path.name)
+            mounts.add(box.workspace.path.name)
+            if box.session.ptys is not None:
+                mounts.add(box.session.ptys.name)
             uids.add(box.workspace.uid)
-        return pids, cgroups, workspaces, uids
+        return pids, cgroups, mounts, uids
 
     def _leftovers(self) -> list[str]:
-        warm_pids, warm_cgroups, warm_workspaces, warm_uids = self._warm()
+        warm_pids, warm_cgroups, warm_mounts, warm_uids = self._warm()
         uids = settings_uids(self.runner.settings)
         problems = [
             f"sandbox process survived its run: {pid}: {cmdline(pid)}"
@@ -339,9 +342,10 @@ class HostGuard:
             left = {d.name for d in parent.iterdir() if d.is_dir()} - warm_cgroups
             if left:
                 problems.append(f"run cgroups left behind in {parent}: {sorted(left)}")
-        left_ws = {p.name for p in settings.workspaces_dir.iterdir()} - warm_workspaces
-        if left_ws:
-            problems.append(f"workspaces left behind: {sorted(left_ws)}")
+        for kind, place in (("workspaces", settings.workspaces_dir), ("ptys", settings.ptys_dir)):
+            left = {p.name for p in place.iterdir()} - warm_mounts
+            if left:
+                problems.append(f"{kind} left behind: {sorted(left)}")
         return problems
 
     async def check(self, patience_s: float = 10.0) -> None:

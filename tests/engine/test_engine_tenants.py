@@ -1,7 +1,8 @@
 """Two tenants at once (issue 19, item 5): the kernel counts several limits per host
 user (inotify instances, queued signals, pipe buffer pages, epoll watches), so a
-program that uses them all up must not take them from a program in another sandbox.
-Every sandbox runs as a host uid of its own (execbox.sandbox.uids)."""
+program that uses them all up must not take them from a program in another sandbox:
+every sandbox runs as a host uid of its own (execbox.sandbox.uids). Some counts are
+host-wide (AIO contexts, ptys): those are denied (seccomp) or capped per sandbox."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from engine_kit import (
 from execbox.models import ExecutionRequest, Verdict
 from execbox.runner import Runner, RunnerEvent
 from execbox.sandbox import SandboxError
+from execbox.sandbox.ptys import MAX_PTYS
 from execbox.sandbox.uids import CLAIMS_DIR, UidPool
 
 LIMITS = {"cpu_time_s": 10, "wall_time_s": 30, "memory_mb": 256, "processes": 16}
@@ -160,3 +162,48 @@ def test_a_uid_left_claimed_by_a_dead_process_is_taken_only_when_nothing_runs_as
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
         uids.release()
+
+
+# Opens ptys from several processes (one may hold 1024 fds), as many as it is given.
+PTY_HOG = r"""
+import json, os, sys
+reports = []
+for _ in range(4):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        opened, failed = 0, None
+        try:
+            while opened < 1000:
+                master, slave = os.openpty()
+                os.close(slave)
+                opened += 1
+        except OSError as exc:
+            failed = exc.errno
+        os.write(w, json.dumps([opened, failed]).encode())
+        sys.stdin.read()
+        os._exit(0)
+    os.close(w)
+    reports.append(json.loads(os.read(r, 100)))
+errnos = sorted({failed for _, failed in reports if failed})
+print(json.dumps({"ptys": sum(opened for opened, _ in reports), "errnos": errnos}), flush=True)
+sys.stdin.read()
+for _ in reports:
+    os.wait()
+print("released")
+"""
+PTY_PROBE = """
+import os
+master, slave = os.openpty()
+print(os.ttyname(slave))
+"""
+
+
+async def test_a_program_cannot_take_every_pty_of_the_host(runner: Runner, host: HostGuard) -> None:
+    async with holding(runner, PTY_HOG) as opened:
+        probe = await runner.execute(
+            ExecutionRequest(language="python", code=PTY_PROBE, limits=LIMITS)
+        )
+        assert probe.verdict == Verdict.OK, describe(probe)
+        assert stdout(probe) == "/dev/pts/0\n"
+        assert opened == {"ptys": MAX_PTYS, "errnos": [errno.ENOSPC]}  # its own, all used
+    await host.check()

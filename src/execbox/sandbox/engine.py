@@ -38,6 +38,7 @@ from execbox.sandbox.command import (
 from execbox.sandbox.errors import SandboxError, SandboxUnavailable
 from execbox.sandbox.names import owned_name, owner_alive
 from execbox.sandbox.native import init_binary
+from execbox.sandbox.ptys import unmount_ptys
 from execbox.sandbox.seccomp import filter_bpf
 from execbox.sandbox.uids import UidPool
 from execbox.sandbox.workspace import Workspace
@@ -104,8 +105,9 @@ class Sandbox:
         runtime.mkdir(parents=True, exist_ok=True)
         runtime.chmod(0o711)  # the sandbox uid may pass through, never list or read
         _check_traversable(runtime)
-        settings.workspaces_dir.mkdir(exist_ok=True)
-        settings.workspaces_dir.chmod(0o711)
+        for private in (settings.workspaces_dir, settings.ptys_dir):
+            private.mkdir(exist_ok=True)
+            private.chmod(0o711)
         self._sweep_stale_workspaces()
         etc_dir = runtime / "etc"
         write_etc(etc_dir)
@@ -137,11 +139,15 @@ class Sandbox:
             raise
 
     def _sweep_stale_workspaces(self) -> None:
-        """Unmounts workspaces whose process died without cleaning up (crash, SIGKILL).
-        Other live processes (a server and a CLI run) may share the data dir."""
+        """Unmounts workspaces and pty instances whose process died without cleaning up
+        (crash, SIGKILL). Other live processes (a server and a CLI run) may share the
+        data dir."""
         for path in self.settings.workspaces_dir.iterdir():
             if not owner_alive(path.name):
                 Workspace(path, 0, 0, 0).destroy()
+        for path in self.settings.ptys_dir.iterdir():
+            if not owner_alive(path.name):
+                unmount_ptys(path)
         self.cgroups.sweep(lambda name: not owner_alive(name))
 
     @contextlib.asynccontextmanager
