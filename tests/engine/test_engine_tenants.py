@@ -136,7 +136,8 @@ async def test_a_program_cannot_take_the_hosts_aio_contexts(
 
 def test_a_uid_left_claimed_by_a_dead_process_is_taken_only_when_nothing_runs_as_it() -> None:
     """A claim file left behind (its process died holding it) while a process still runs
-    as the uid: that uid is skipped; once nothing runs as it, it is taken again."""
+    as the uid: that uid is skipped (and the file kept); once nothing runs as it, it is
+    taken again, or swept by the next process that starts."""
     uids = claim_uids()
     first = uids.uids.start
     leftover = CLAIMS_DIR / str(first)
@@ -145,6 +146,7 @@ def test_a_uid_left_claimed_by_a_dead_process_is_taken_only_when_nothing_runs_as
     survivor = subprocess.Popen(["/bin/sleep", "60"], user=first, group=first)
     try:
         pool = UidPool(first, first, 2)
+        assert leftover.exists()
         taken = pool.acquire()
         assert taken.uid == first + 1  # not the one a process still runs as
         with pytest.raises(SandboxError, match="all 2 sandbox uids"):
@@ -156,6 +158,10 @@ def test_a_uid_left_claimed_by_a_dead_process_is_taken_only_when_nothing_runs_as
         again.release()
         taken.release()
         assert not leftover.exists() and not (CLAIMS_DIR / str(first + 1)).exists()
+        # A process that starts sweeps what dead ones left, once nothing runs as it.
+        leftover.write_text("4194304\n")
+        UidPool(first, first, 2)
+        assert not leftover.exists()
     finally:
         survivor.kill()
         survivor.wait()

@@ -96,6 +96,21 @@ class UidPool:
         self._next = 0  # where the search starts: the uid given back last is taken last
         _check_unused(self.uids, range(gid_base, gid_base + count))
         CLAIMS_DIR.mkdir(mode=0o700, exist_ok=True)
+        self._sweep_abandoned()
+
+    def _sweep_abandoned(self) -> None:
+        """Removes the claims of the range that dead processes left, once nothing runs
+        as their uid (as the engine sweeps their workspaces and cgroups)."""
+        names = (p.name for p in CLAIMS_DIR.iterdir())
+        left = [int(name) for name in names if name.isdigit() and int(name) in self.uids]
+        if not left:
+            return
+        in_use = uids_in_use()
+        for uid in left:
+            fd = None if uid in in_use else self._lock_claim(uid)
+            if fd is not None:
+                (CLAIMS_DIR / str(uid)).unlink()
+                os.close(fd)
 
     def acquire(self) -> UidLease:
         """A uid no other live sandbox of this host runs as; SandboxBusy when none is."""
