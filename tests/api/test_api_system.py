@@ -12,6 +12,7 @@ import httpx
 import pytest
 import structlog
 from api_kit import run
+from engine_kit import claim_uids
 from fastapi.testclient import TestClient
 
 from execbox.api.app import create_app
@@ -75,8 +76,10 @@ def test_openapi_describes_the_contract(client: httpx.Client) -> None:
 @pytest.fixture(scope="module")
 def local() -> Iterator[TestClient]:
     data_dir = Path(tempfile.mkdtemp(prefix="execbox-inproc-"))
-    with TestClient(create_app(Settings(data_dir=data_dir, workers=1))) as client:
+    uids = claim_uids()
+    with TestClient(create_app(Settings(data_dir=data_dir, workers=1, **uids.settings))) as client:
         yield client
+    uids.release()
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -5,6 +5,8 @@ range is in use, a new sandbox is refused with a 503, never given a uid in use."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import time
@@ -14,10 +16,23 @@ from typing import Any
 import httpx
 import pytest
 from api_kit import Server
-from engine_kit import PER_USER_HOG, PER_USER_PROBE, PER_USER_PROBE_OK, claim_uids
+from engine_kit import (
+    PER_USER_HOG,
+    PER_USER_PROBE,
+    PER_USER_PROBE_OK,
+    claim_uids,
+    sandbox_pids,
+    settings_uids,
+)
 from sandboxes_kit import API_KEY
 
+from execbox.config import Settings
+from execbox.sandbox import Sandbox
+from execbox.sandbox.session import SessionLimits, open_session
+from execbox.sandbox.uids import CLAIMS_DIR
+
 WAIT_LIMIT_S = 30  # a guard against a hang, not a measurement
+SMALL = SessionLimits(memory_bytes=64 << 20, processes=16, disk_mb=4)
 
 
 def wait_for(probe: Callable[[], Any]) -> Any:
@@ -111,3 +126,31 @@ def test_when_every_uid_is_in_use_a_new_sandbox_gets_a_503(two_uid_server: Serve
         # With the uids back, executions run again (the health check's result is cached
         # for a few seconds).
         wait_for(lambda: client.get("/health").status_code == 200)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_start_cancelled_anywhere_leaves_no_uid_pty_or_process(
+    engine: Sandbox, settings: Settings
+) -> None:
+    """A warm pool's fill is cancelled when the server stops, at any point of a start."""
+    uids = settings_uids(settings)
+    for delay_s in (0, 0.001, 0.003, 0.01, 0.03, 0.1):
+        starting = asyncio.create_task(open_session(engine, SMALL))
+        await asyncio.sleep(delay_s)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await (await starting).close()  # it was done already: close it
+        claimed = [p.name for p in CLAIMS_DIR.iterdir() if int(p.name) in uids]
+        assert claimed == [], (delay_s, claimed)
+        assert list(settings.ptys_dir.iterdir()) == [], delay_s
+        assert list(settings.workspaces_dir.iterdir()) == [], delay_s
+        assert await no_process_of(uids), delay_s
+
+
+async def no_process_of(uids: range) -> bool:
+    """Waits (bounded) until no process runs as one of ``uids``; True if none does."""
+    for _ in range(WAIT_LIMIT_S * 20):
+        if not sandbox_pids(uids):
+            return True
+        await asyncio.sleep(0.05)
+    return False

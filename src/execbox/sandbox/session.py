@@ -343,10 +343,12 @@ class Session:
                 session.netns_fd = os.open(
                     f"/proc/{session.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC
                 )
-        except (TimeoutError, SandboxError, OSError) as exc:
+        except BaseException as exc:
             session.kill()
             await proc.exited
             held.release()  # its cgroup was killed whole, and the caller removes it
+            if not isinstance(exc, TimeoutError | SandboxError | OSError):
+                raise  # cancelled (a warm pool's fill when the server stops, say)
             stderr = (await proc.errors.read()).decode(errors="replace").strip()
             raise SandboxError(f"the sandbox did not start: {stderr or exc}") from exc
         return session
