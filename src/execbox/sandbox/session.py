@@ -505,7 +505,7 @@ class Session:
             self.netns_fd = -1
         await self.cgroup.remove_async()
         if self._held is not None:  # its processes are gone with their cgroup
-            self._held.release()
+            await asyncio.to_thread(self._held.release)  # an unmount waits for RCU: ~1 ms
 
     async def close(self) -> None:
         """Kills everything, then frees the cgroup and the workspace (its disk)."""

@@ -115,7 +115,7 @@ class UidPool:
     def acquire(self) -> UidLease:
         """A uid no other live sandbox of this host runs as; SandboxBusy when none is."""
         with self.lock:
-            abandoned: set[int] | None = None  # uids in use, read once if ever needed
+            in_use: set[int] | None = None  # read once, if a claim was left behind
             for step in range(len(self.uids)):
                 uid = self.uids[(self._next + step) % len(self.uids)]
                 if uid in self._claims:
@@ -124,9 +124,9 @@ class UidPool:
                 if fd is None:
                     continue
                 if os.fstat(fd).st_size:  # left by a process that died holding it
-                    if abandoned is None:
-                        abandoned = uids_in_use()
-                    if uid in abandoned:
+                    if in_use is None:
+                        in_use = uids_in_use()
+                    if uid in in_use:
                         os.close(fd)
                         continue
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
