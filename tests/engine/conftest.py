@@ -2,7 +2,7 @@
 
 Everything here runs in the real sandbox (bwrap, cgroups, seccomp): nothing of the
 sandbox is mocked. The session uses its own data dir, its own parent cgroup and its
-own sandbox uids, so that "no process of the sandbox uid is left on the host" is an
+own sandbox uids, so that "no process of those uids is left on the host" is an
 exact check even while other execbox processes run on the same machine.
 """
 

@@ -297,7 +297,7 @@ class HostGuard:
     """What a hostile program must leave as it was: checked after each hostile test."""
 
     def __init__(self, runner: Runner, *more: Runner) -> None:
-        """``more``: other runners alive meanwhile (with the same sandbox uid)."""
+        """``more``: other runners alive meanwhile (with the same sandbox uids)."""
         self.runner = runner
         self.runners = (runner, *more)
         self.digests: dict[str, str | None] = {}
