@@ -105,6 +105,8 @@ def two_uid_server() -> Iterator[Server]:
 
 
 def test_when_every_uid_is_in_use_a_new_sandbox_gets_a_503(two_uid_server: Server) -> None:
+    warned = [r for r in two_uid_server.log_records() if "fewer sandbox uids" in r["event"]]
+    assert warned and warned[0]["uids"] == 2, "the server did not warn at start"
     headers = {"X-API-Key": API_KEY}
     with httpx.Client(base_url=two_uid_server.url, timeout=60, headers=headers) as client:
         first, _ = create(client), create(client)
