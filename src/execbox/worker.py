@@ -22,7 +22,7 @@ from execbox.metrics import Metrics
 from execbox.models import ExecutionResult
 from execbox.queue import JobQueue
 from execbox.runner import InvalidRequest, Runner, RunnerEvent
-from execbox.sandbox import SandboxError
+from execbox.sandbox import SandboxBusy, SandboxError
 from execbox.store import EventKind, Job, JobEvent
 from execbox.webhooks import Webhooks
 
@@ -309,6 +309,8 @@ class WorkerPool:
             pending = await events.close()
             if isinstance(exc, InvalidRequest):
                 message = f"the request cannot run: {exc}"
+            elif isinstance(exc, SandboxBusy):
+                message = f"no sandbox was free to run it: {exc}"
             else:
                 message = "execbox failed to run this job (an internal error)"
             if isinstance(exc, SandboxError):

@@ -3,12 +3,13 @@ what happened. Knows nothing of languages or jobs."""
 
 from execbox.sandbox.command import Command, SandboxLimits, SandboxResult
 from execbox.sandbox.engine import Sandbox
-from execbox.sandbox.errors import SandboxError, SandboxUnavailable
+from execbox.sandbox.errors import SandboxBusy, SandboxError, SandboxUnavailable
 from execbox.sandbox.workspace import Workspace, WorkspacePathError
 
 __all__ = [
     "Command",
     "Sandbox",
+    "SandboxBusy",
     "SandboxError",
     "SandboxLimits",
     "SandboxResult",
