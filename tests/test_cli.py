@@ -6,16 +6,23 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "engine"))
+from engine_kit import claim_uids
 
 EXECBOX = str(Path(sys.executable).parent / "execbox")
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "EXECBOX_DATA_DIR": str(tmp_path / "data")}
+def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The CLI's environment: a data dir and sandbox uids of its own."""
+    uids = claim_uids()
+    yield {**os.environ, "EXECBOX_DATA_DIR": str(tmp_path / "data"), **uids.env}
+    uids.release()
 
 
 def execbox(

@@ -29,8 +29,22 @@ class Settings(BaseSettings):
     )
 
     # Sandbox
-    sandbox_uid: int = Field(60100, description="Host uid the sandboxed programs run as")
-    sandbox_gid: int = 60100
+    sandbox_uid: int = Field(
+        60100,
+        ge=1,
+        description="First host uid sandboxes run as: each live sandbox (a box, a persistent "
+        "sandbox) has a uid of its own from EXECBOX_SANDBOX_UID_COUNT ones, since the kernel "
+        "counts several limits (inotify, epoll watches, queued signals, pipe buffers) per uid",
+    )
+    sandbox_gid: int = Field(60100, ge=1, description="First host gid, paired with the uids")
+    sandbox_uid_count: int = Field(
+        1000,
+        ge=1,
+        description="Sandboxes live at once at most (uids, from EXECBOX_SANDBOX_UID): warm pool, "
+        "running executions, persistent sandboxes and their warm pool; beyond, starting one "
+        "fails (503). The default range 60100..61099 ends below systemd's dynamic users "
+        "(61184..65519) and inside the 65536 uids a container usually maps",
+    )
     bwrap_path: str = "/usr/bin/bwrap"
     cgroup_version: Literal["auto", "1", "2"] = "auto"
     cgroup_mount: Path = Path("/sys/fs/cgroup")
@@ -165,6 +179,10 @@ class Settings(BaseSettings):
     @property
     def bin_dir(self) -> Path:
         return self.runtime_dir / "bin"
+
+    @property
+    def ptys_dir(self) -> Path:
+        return self.runtime_dir / "pts"
 
 
 def _split(value: str | None) -> list[str]:

@@ -20,6 +20,9 @@ from typing import Any
 import asyncpg
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+from engine_kit import UidClaim, claim_uids
+
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 STARTUP_LIMIT_S = 60  # a guard against a hang, not a measurement
 
@@ -49,6 +52,8 @@ class Server:
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="execbox-api-")))
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # The sandbox uids of its own, claimed at its first start unless env names some.
+    uids: UidClaim | None = None
 
     @property
     def url(self) -> str:
@@ -59,6 +64,9 @@ class Server:
         return self.data_dir / "server.log"
 
     def start(self) -> None:
+        if "EXECBOX_SANDBOX_UID" not in self.env:
+            self.uids = claim_uids()
+            self.env = {**self.env, **self.uids.env}
         env = {
             **os.environ,
             "EXECBOX_DATA_DIR": str(self.data_dir),

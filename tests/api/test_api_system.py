@@ -12,6 +12,7 @@ import httpx
 import pytest
 import structlog
 from api_kit import run
+from engine_kit import claim_uids
 from fastapi.testclient import TestClient
 
 from execbox.api.app import create_app
@@ -75,9 +76,11 @@ def test_openapi_describes_the_contract(client: httpx.Client) -> None:
 @pytest.fixture(scope="module")
 def local() -> Iterator[TestClient]:
     data_dir = Path(tempfile.mkdtemp(prefix="execbox-inproc-"))
-    app = create_app(Settings(data_dir=data_dir, workers=1))
+    uids = claim_uids()
+    app = create_app(Settings(data_dir=data_dir, workers=1, **uids.settings))
     with TestClient(app, base_url="http://localhost") as client:
         yield client
+    uids.release()
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

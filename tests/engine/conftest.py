@@ -2,7 +2,7 @@
 
 Everything here runs in the real sandbox (bwrap, cgroups, seccomp): nothing of the
 sandbox is mocked. The session uses its own data dir, its own parent cgroup and its
-own sandbox uid, so that "no process of the sandbox uid is left on the host" is an
+own sandbox uids, so that "no process of those uids is left on the host" is an
 exact check even while other execbox processes run on the same machine.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from engine_kit import HostGuard, claim_uid, sandbox_pids
+from engine_kit import HostGuard, claim_uids, sandbox_pids, settings_uids
 
 from execbox.config import Settings
 from execbox.runner import Runner
@@ -60,17 +60,16 @@ def settings() -> Iterator[Settings]:
     runtime_dir = Path(tempfile.mkdtemp(prefix="execbox-engine-run-"))
     runtime_dir.chmod(0o711)
     cgroup_name = f"execbox-tests-{os.getpid()}"
-    uid, uid_lock = claim_uid()
+    uids = claim_uids()
     yield Settings(
         data_dir=data_dir,
         runtime_dir=runtime_dir,
-        sandbox_uid=uid,
-        sandbox_gid=uid,
+        **uids.settings,
         cgroup_name=cgroup_name,
         warm_pool_size=2,
         allow_network=False,
     )
-    uid_lock.close()
+    uids.release()
     shutil.rmtree(data_dir, ignore_errors=True)
     shutil.rmtree(runtime_dir, ignore_errors=True)
     for parent in Path("/sys/fs/cgroup").glob(f"*/{cgroup_name}"):
@@ -86,14 +85,14 @@ async def runner(settings: Settings, host_secret: str) -> AsyncIterator[Runner]:
     yield runner
     await runner.close()
     for _ in range(100):  # SIGKILL is delivered asynchronously: allow a moment
-        if not sandbox_pids(settings.sandbox_uid):
+        if not sandbox_pids(settings_uids(settings)):
             break
         await asyncio.sleep(0.05)
-    assert sandbox_pids(settings.sandbox_uid) == [], (
+    assert sandbox_pids(settings_uids(settings)) == [], (
         "sandbox processes survived the runner's close()"
     )
-    left = list(settings.workspaces_dir.iterdir())
-    assert left == [], f"workspaces left mounted after close(): {left}"
+    left = [*settings.workspaces_dir.iterdir(), *settings.ptys_dir.iterdir()]
+    assert left == [], f"workspaces or ptys left mounted after close(): {left}"
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -1,6 +1,6 @@
 """Fixtures of the sandboxes suite: a real engine (bwrap, cgroups, seccomp) for the
-session tests, and a real server for the API tests. Everything runs under a sandbox
-uid of its own, so "no process of the sandbox uid is left" is an exact check."""
+session tests, and a real server for the API tests. Each runs under sandbox uids of its
+own (engine_kit.claim_uids), so "no process of those uids is left" is an exact check."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from execbox.engine import Sandbox
 from execbox.engine.netns import NamespaceDialer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from api_kit import Server  # the API suite's real-server helper
-from sandboxes_kit import API_KEY, SERVER_UID, TEST_UID
+from engine_kit import claim_uids
+from sandboxes_kit import API_KEY
 
 
 @pytest.fixture(scope="session")
@@ -33,14 +35,15 @@ def settings() -> Iterator[Settings]:
     runtime_dir = Path(tempfile.mkdtemp(prefix="execbox-sbx-run-"))
     runtime_dir.chmod(0o711)
     cgroup_name = f"execbox-sbx-tests-{os.getpid()}"
+    uids = claim_uids()
     yield Settings(
         data_dir=data_dir,
         runtime_dir=runtime_dir,
-        sandbox_uid=TEST_UID,
-        sandbox_gid=TEST_UID,
+        **uids.settings,
         cgroup_name=cgroup_name,
         warm_pool_size=0,
     )
+    uids.release()
     shutil.rmtree(data_dir, ignore_errors=True)
     shutil.rmtree(runtime_dir, ignore_errors=True)
     for parent in Path("/sys/fs/cgroup").glob(f"*/{cgroup_name}"):
@@ -69,8 +72,6 @@ def server() -> Iterator[Server]:
     runtime_dir.chmod(0o711)
     server = Server(
         {
-            "EXECBOX_SANDBOX_UID": str(SERVER_UID),
-            "EXECBOX_SANDBOX_GID": str(SERVER_UID),
             "EXECBOX_CGROUP_NAME": f"execbox-sbx-api-{os.getpid()}",
             "EXECBOX_RUNTIME_DIR": str(runtime_dir),
             "EXECBOX_WARM_POOL_SIZE": "0",

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import websockets
 from api_kit import Server, sse_events
-from sandboxes_kit import API_KEY, SERVER_UID
+from engine_kit import env_uids
+from sandboxes_kit import API_KEY
 
 APPS = Path(__file__).resolve().parent / "apps"
 WEB_APP = """\
@@ -54,8 +55,9 @@ def run(client: httpx.Client, sid: str, cmd: list[str] | str, **body: Any) -> di
     return response.json()
 
 
-def sandbox_processes(command: str) -> list[int]:
-    """Host pids of ``command`` running as the server's sandbox uid (not zombies)."""
+def sandbox_processes(server: Server, command: str) -> list[int]:
+    """Host pids of ``command`` running as one of the server's sandbox uids (not zombies)."""
+    uids = env_uids(server.env)
     pids = []
     for entry in Path("/proc").iterdir():
         try:
@@ -65,7 +67,7 @@ def sandbox_processes(command: str) -> list[int]:
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
         if (
             fields.get("Name") == command
-            and fields.get("Uid", "").split()[0] == str(SERVER_UID)
+            and int(fields.get("Uid", "-1").split()[0]) in uids
             and not fields.get("State", "").startswith("Z")
         ):
             pids.append(int(entry.name))
@@ -366,14 +368,14 @@ def test_expiry_frees_processes_and_disk(client: httpx.Client, server: Server) -
     client.put(f"/v1/sandboxes/{sid}/files/expiry-marker", content=b"x" * (1 << 20))
     workspace = workspace_holding(server, "expiry-marker")
     assert workspace is not None
-    wait_until(lambda: len(sandbox_processes("sleep")) == 3)  # the shell started them all
+    wait_until(lambda: len(sandbox_processes(server, "sleep")) == 3)  # the shell started them all
     client.post(f"/v1/sandboxes/{sid}/timeout", json={"timeout_s": 0.2})  # now it may expire
     expired = wait_until(
         lambda: (s := client.get(f"/v1/sandboxes/{sid}").json())["status"] != "running" and s
     )
     assert expired["status"] == "expired" and expired["end_reason"] == "its timeout passed"
     # Killed and unmounted before the end was recorded.
-    assert sandbox_processes("sleep") == []
+    assert sandbox_processes(server, "sleep") == []
     assert workspace_holding(server, "expiry-marker") is None and not workspace.exists()
     assert client.get(f"/v1/sandboxes/{sid}/files/expiry-marker").status_code == 410
 
@@ -390,5 +392,5 @@ def test_after_a_crash_sandboxes_are_reported_lost(client: httpx.Client, server:
     assert gone.status_code == 410 and "lost" in gone.json()["detail"]
     # Its processes died with the server (bwrap --die-with-parent), and the new server
     # swept the workspace the old one left mounted.
-    wait_until(lambda: not sandbox_processes("sleep"))
+    wait_until(lambda: not sandbox_processes(server, "sleep"))
     assert workspace_holding(server, "crash-marker") is None

@@ -26,6 +26,7 @@ import redis
 # The API suite's real-server helpers (uvicorn subprocess, SSE parsing) serve here too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
 from api_kit import PG_URL, STARTUP_LIMIT_S, Server, drop_schema, free_port
+from engine_kit import UidClaim, claim_uids
 
 REDIS_DB = 11
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -78,9 +79,10 @@ class Worker:
     env: dict[str, str]
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="execbox-wk-")))
     proc: subprocess.Popen[bytes] | None = None
+    uids: UidClaim = field(default_factory=claim_uids)  # its sandboxes' own
 
     def start(self, concurrency: int) -> None:
-        env = {**os.environ, "EXECBOX_DATA_DIR": str(self.data_dir), **self.env}
+        env = {**os.environ, "EXECBOX_DATA_DIR": str(self.data_dir), **self.env, **self.uids.env}
         code = f"from execbox.workers.main import run_worker; run_worker({concurrency})"
         with open(self.data_dir / "worker.log", "ab") as log:
             self.proc = subprocess.Popen(

@@ -41,7 +41,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from execbox.api.auth import authenticate, require_api_key
 from execbox.api.problems import ProblemError, problem_responses
-from execbox.engine import WorkspacePathError
+from execbox.engine import SandboxBusy, WorkspacePathError
 from execbox.engine.workspace import WorkspaceNameTooLong, split_path
 from execbox.sandboxes.builds import BuildNotFound, Builds
 from execbox.sandboxes.eventlog import EventLog
@@ -99,6 +99,8 @@ def _problem(exc: Exception) -> ProblemError | None:
             return ProblemError(404, str(exc))
         case TooManySandboxes() | TooManyCommands():
             return ProblemError(429, str(exc), headers={"Retry-After": "10"})
+        case SandboxBusy():  # the host's sandbox uids are all in use
+            return ProblemError(503, str(exc), headers={"Retry-After": "10"})
         case SandboxElsewhere():
             return ProblemError(409, str(exc))
         case InvalidSandboxRequest() | WorkspaceNameTooLong():
@@ -144,7 +146,7 @@ http = APIRouter(
     route_class=_SandboxRoute,
     dependencies=[Depends(require_api_key)],
     # Every route may meet every sandbox problem (gone, elsewhere, at the cap, ...).
-    responses=problem_responses(400, 401, 404, 409, 410, 413, 422, 429, 502, 504, 507),
+    responses=problem_responses(400, 401, 404, 409, 410, 413, 422, 429, 502, 503, 504, 507),
 )
 
 SandboxId = Annotated[str, Path(max_length=64)]

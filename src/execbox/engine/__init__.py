@@ -3,12 +3,13 @@ what happened. Knows nothing of languages or jobs."""
 
 from execbox.engine.command import Command, SandboxLimits, SandboxResult
 from execbox.engine.engine import Sandbox
-from execbox.engine.errors import SandboxError, SandboxUnavailable
+from execbox.engine.errors import SandboxBusy, SandboxError, SandboxUnavailable
 from execbox.engine.workspace import Workspace, WorkspacePathError
 
 __all__ = [
     "Command",
     "Sandbox",
+    "SandboxBusy",
     "SandboxError",
     "SandboxLimits",
     "SandboxResult",

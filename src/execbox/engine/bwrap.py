@@ -71,9 +71,10 @@ def write_etc(etc_dir: Path) -> None:
 
 
 def bwrap_options(
-    bwrap: str, view: FsView, workspace: Path, *, network: bool, seccomp_fd: int
+    bwrap: str, view: FsView, workspace: Path, *, network: bool, seccomp_fd: int, ptys: Path
 ) -> list[str]:
-    """bwrap and its options, up to the command (execbox-init serving)."""
+    """bwrap and its options, up to the command (execbox-init serving); ``ptys`` is the
+    sandbox's own devpts instance (ptys.py)."""
     args = [
         bwrap,
         "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
@@ -97,6 +98,7 @@ def bwrap_options(
     args += [
         "--proc", "/proc",
         "--dev", "/dev",
+        "--dev-bind", str(ptys), "/dev/pts",
         *(arg for path in PRIVATE_TMPFS for arg in ("--tmpfs", path)),
         "--bind", str(workspace), WORKDIR,
         "--ro-bind", str(view.init_binary), INIT_PATH,

@@ -38,7 +38,9 @@ from execbox.engine.command import (
 from execbox.engine.errors import SandboxError, SandboxUnavailable
 from execbox.engine.names import owned_name, owner_alive
 from execbox.engine.native import init_binary
+from execbox.engine.ptys import unmount_ptys
 from execbox.engine.seccomp import filter_bpf
+from execbox.engine.uids import UidPool
 from execbox.engine.workspace import Workspace
 
 log = structlog.get_logger(__name__)
@@ -103,8 +105,9 @@ class Sandbox:
         runtime.mkdir(parents=True, exist_ok=True)
         runtime.chmod(0o711)  # the sandbox uid may pass through, never list or read
         _check_traversable(runtime)
-        settings.workspaces_dir.mkdir(exist_ok=True)
-        settings.workspaces_dir.chmod(0o711)
+        for private in (settings.workspaces_dir, settings.ptys_dir):
+            private.mkdir(exist_ok=True)
+            private.chmod(0o711)
         self._sweep_stale_workspaces()
         etc_dir = runtime / "etc"
         write_etc(etc_dir)
@@ -114,6 +117,7 @@ class Sandbox:
             extra_ro_paths=tuple(sorted(set(extra_ro_paths))),
         )
         self.seccomp_file = _write_once(settings.bin_dir / "seccomp.bpf", filter_bpf())
+        self.uids = UidPool(settings.sandbox_uid, settings.sandbox_gid, settings.sandbox_uid_count)
         self.bwrap = settings.bwrap_path
         self._idle: deque[Box] = deque()
         # The box of each workspace in use, and how many boxes are being reset.
@@ -125,16 +129,25 @@ class Sandbox:
 
     # -- workspaces --------------------------------------------------------
 
-    def _new_workspace(self, disk_mb: int) -> Workspace:
-        path = self.settings.workspaces_dir / owned_name()
-        return Workspace.create(path, self.settings.sandbox_uid, self.settings.sandbox_gid, disk_mb)
+    def new_workspace(self, disk_mb: int) -> Workspace:
+        """A new workspace, owned by a uid no other live sandbox has (see uids.py)."""
+        lease = self.uids.acquire()
+        try:
+            return Workspace.create(self.settings.workspaces_dir / owned_name(), lease, disk_mb)
+        except BaseException:
+            lease.release()
+            raise
 
     def _sweep_stale_workspaces(self) -> None:
-        """Unmounts workspaces whose process died without cleaning up (crash, SIGKILL).
-        Other live processes (a server and a CLI run) may share the data dir."""
+        """Unmounts workspaces and pty instances whose process died without cleaning up
+        (crash, SIGKILL). Other live processes (a server and a CLI run) may share the
+        data dir."""
         for path in self.settings.workspaces_dir.iterdir():
             if not owner_alive(path.name):
                 Workspace(path, 0, 0, 0).destroy()
+        for path in self.settings.ptys_dir.iterdir():
+            if not owner_alive(path.name):
+                unmount_ptys(path)
         self.cgroups.sweep(lambda name: not owner_alive(name))
 
     @contextlib.asynccontextmanager
@@ -157,7 +170,7 @@ class Sandbox:
     async def _new_box(self) -> Box:
         """A new box (without network) over a new workspace of its own."""
         # mkdir + mount: in a thread, off the event loop that serves every request.
-        workspace = await asyncio.to_thread(self._new_workspace, 1)
+        workspace = await asyncio.to_thread(self.new_workspace, 1)
         try:
             return await Box.start(self, workspace, network=False)
         except BaseException:

@@ -7,3 +7,7 @@ class SandboxError(Exception):
 
 class SandboxUnavailable(SandboxError):
     """The host lacks something the sandbox needs (bwrap, user namespaces, cgroups, root)."""
+
+
+class SandboxBusy(SandboxError):
+    """The host runs as many sandboxes as it may (a retry later can succeed)."""

@@ -57,6 +57,9 @@ def filter_bpf() -> bytes:
     f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
     # clone3 passes flags in memory a filter cannot read: ENOSYS makes libc use clone.
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    # Kernel AIO contexts count against fs.aio-max-nr, one limit for the whole host (not
+    # per user or cgroup): one program could take them all. ENOSYS: libraries fall back.
+    f.add_rule(sc.ERRNO(errno.ENOSYS), "io_setup")
     # Typing into the controlling terminal of someone else.
     f.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, TIOCSTI))
     f.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, TIOCLINUX))

@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from execbox.engine.bwrap import INIT_PATH, bwrap_options
@@ -45,7 +46,9 @@ from execbox.engine.command import (
 )
 from execbox.engine.errors import SandboxError
 from execbox.engine.names import owned_name
+from execbox.engine.ptys import mount_ptys, unmount_ptys
 from execbox.engine.spawn import Spawned, read_pipe, write_pipe
+from execbox.engine.uids import UidLease
 from execbox.engine.workspace import Workspace, write_all
 from execbox.models import Verdict
 
@@ -246,6 +249,26 @@ class Process:
             await task
 
 
+class _HostHold:
+    """What a session holds on the host while anything of it may run: a hold on its
+    workspace's uid (uids.py) and its own pty instance (ptys.py); released once."""
+
+    def __init__(self, lease: UidLease | None, ptys: Path) -> None:
+        mount_ptys(ptys)
+        if lease is not None:
+            lease.hold()
+        self._lease = lease
+        self._ptys: Path | None = ptys
+
+    def release(self) -> None:
+        if self._ptys is None:
+            return
+        unmount_ptys(self._ptys)
+        self._ptys = None
+        if self._lease is not None:
+            self._lease.release()
+
+
 class Session:
     """A started long-lived sandbox."""
 
@@ -272,6 +295,8 @@ class Session:
         self._ids = itertools.count(1)
         self.ended = asyncio.Event()
         self.netns_fd = -1  # the sandbox's network namespace, for the preview proxy
+        self._held: _HostHold | None = None  # its uid and pty instance, until shutdown
+        self.ptys: Path | None = None  # its pty instance's mount point on the host
         asyncio.get_running_loop().add_reader(control.fileno(), self._on_control)
 
     @classmethod
@@ -286,15 +311,19 @@ class Session:
     ) -> Session:
         """bwrap with execbox-init serving in it, in ``cgroup`` (whose limits the caller
         sets: a persistent sandbox's for all its commands, a box's per command)."""
+        ptys = sandbox.settings.ptys_dir / owned_name()
+        # What the session holds on the host until it is shut down: the uid too (its
+        # workspace may go first), and a pty instance of its own.
+        held = _HostHold(workspace.lease, ptys)
         host, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         host.setblocking(False)
         seccomp_fd = os.open(sandbox.seccomp_file, os.O_RDONLY | os.O_CLOEXEC)
-        settings = sandbox.settings
+        # It runs as the workspace's uid, which no other live sandbox has (uids.py).
         argv = [
             str(sandbox.view.init_binary), "enter",
-            str(settings.sandbox_uid), str(settings.sandbox_gid), *cgroup.procs_files, "--",
+            str(workspace.uid), str(workspace.gid), *cgroup.procs_files, "--",
             *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, network=network,
-                           seccomp_fd=SECCOMP_FD),
+                           seccomp_fd=SECCOMP_FD, ptys=ptys),
             "--", INIT_PATH, "serve", str(CONTROL_FD), *(["exclusive"] if exclusive else []),
         ]  # fmt: skip
         try:
@@ -302,8 +331,11 @@ class Session:
             proc = await Spawned.start(argv, {CONTROL_FD: inside.detach(), SECCOMP_FD: seccomp_fd})
         except BaseException:
             host.close()
+            held.release()
             raise
         session = cls(proc, cgroup, workspace, host, network=network, exclusive=exclusive)
+        session._held = held
+        session.ptys = ptys
         try:
             await asyncio.wait_for(asyncio.shield(session._ready), START_TIMEOUT_S)
             session.init_pid = session._find_init()
@@ -311,9 +343,12 @@ class Session:
                 session.netns_fd = os.open(
                     f"/proc/{session.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC
                 )
-        except (TimeoutError, SandboxError, OSError) as exc:
+        except BaseException as exc:
             session.kill()
             await proc.exited
+            held.release()  # its cgroup was killed whole, and the caller removes it
+            if not isinstance(exc, TimeoutError | SandboxError | OSError):
+                raise  # cancelled (a warm pool's fill when the server stops, say)
             stderr = (await proc.errors.read()).decode(errors="replace").strip()
             raise SandboxError(f"the sandbox did not start: {stderr or exc}") from exc
         return session
@@ -469,6 +504,8 @@ class Session:
             os.close(self.netns_fd)
             self.netns_fd = -1
         await self.cgroup.remove_async()
+        if self._held is not None:  # its processes are gone with their cgroup
+            await asyncio.to_thread(self._held.release)  # an unmount waits for RCU: ~1 ms
 
     async def close(self) -> None:
         """Kills everything, then frees the cgroup and the workspace (its disk)."""
@@ -480,12 +517,7 @@ async def open_session(sandbox: Sandbox, limits: SessionLimits) -> Session:
     """A new long-lived sandbox with a fresh workspace and cgroup of its own."""
     # Names say which process owns them, so the engine's start-up sweep frees them
     # after a crash like any other workspace and cgroup.
-    workspace = Workspace.create(
-        sandbox.settings.workspaces_dir / owned_name(),
-        sandbox.settings.sandbox_uid,
-        sandbox.settings.sandbox_gid,
-        limits.disk_mb,
-    )
+    workspace = sandbox.new_workspace(limits.disk_mb)
     try:
         cgroup = sandbox.cgroups.create(owned_name())
     except BaseException:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from execbox.engine.errors import SandboxError
+from execbox.engine.uids import UidLease
 
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -84,21 +85,25 @@ class Entry:
 class Workspace:
     """A mounted workspace directory on the host."""
 
-    def __init__(self, path: Path, uid: int, gid: int, size_mb: int) -> None:
+    def __init__(
+        self, path: Path, uid: int, gid: int, size_mb: int, lease: UidLease | None = None
+    ) -> None:
         self.path = path
         self.uid = uid
         self.gid = gid
         self.size_mb = size_mb
+        self.lease = lease  # the claim on uid, given back by destroy()
 
     @classmethod
-    def create(cls, path: Path, uid: int, gid: int, size_mb: int) -> Workspace:
+    def create(cls, path: Path, lease: UidLease, size_mb: int) -> Workspace:
+        """A new workspace owned by the lease's uid (the lease is the workspace's now)."""
         path.mkdir(mode=0o700)
         try:
-            _mount_tmpfs(path, cls._options(uid, gid, size_mb))
+            _mount_tmpfs(path, cls._options(lease.uid, lease.gid, size_mb))
         except SandboxError:
             path.rmdir()
             raise
-        return cls(path, uid, gid, size_mb)
+        return cls(path, lease.uid, lease.gid, size_mb, lease)
 
     @staticmethod
     def _options(uid: int, gid: int, size_mb: int) -> str:
@@ -115,9 +120,13 @@ class Workspace:
             restore_dir(fd, WORKSPACE_MODE)
 
     def destroy(self) -> None:
+        """Unmounts the workspace and lets go of its uid (call once nothing runs in it)."""
         _libc.umount2(os.fsencode(self.path), MNT_DETACH)
         with contextlib.suppress(FileNotFoundError):
             self.path.rmdir()
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     # -- confined access -------------------------------------------------
 

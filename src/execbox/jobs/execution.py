@@ -17,7 +17,7 @@ from typing import Literal
 
 import structlog
 
-from execbox.engine import SandboxError
+from execbox.engine import SandboxBusy, SandboxError
 from execbox.jobs.output import EventLog
 from execbox.jobs.results import to_result
 from execbox.jobs.service import JobService
@@ -147,6 +147,8 @@ class JobRunner:
             pending = await events.close()
             if isinstance(exc, InvalidRequest):
                 message = f"the request cannot run: {exc}"
+            elif isinstance(exc, SandboxBusy):
+                message = f"no sandbox was free to run it: {exc}"
             else:
                 message = "execbox failed to run this job (an internal error)"
             if isinstance(exc, SandboxError):

@@ -186,9 +186,24 @@ class SandboxService:
     @classmethod
     async def start(cls, settings: Settings, engine: Sandbox, db: Database) -> SandboxService:
         service = cls(settings, SandboxSettings(), engine, db)
+        service._check_uid_count()
         await service._mark_lost()
         service._refill()
         return service
+
+    def _check_uid_count(self) -> None:
+        """Warns when this server may want more sandboxes at once than it has uids for
+        (each has a uid of its own): the ones beyond would be refused (503)."""
+        settings, config = self.settings, self.config
+        executions = settings.warm_pool_size + settings.workers  # idle boxes, boxes in use
+        wanted = executions + config.max_sandboxes + config.sandbox_warm_pool
+        if settings.sandbox_uid_count < wanted:
+            log.warning(
+                "fewer sandbox uids than sandboxes this server may run at once: raise "
+                "EXECBOX_SANDBOX_UID_COUNT",
+                uids=settings.sandbox_uid_count,
+                sandboxes=wanted,
+            )
 
     def _refill(self) -> None:
         if not self._closed and (self._filling is None or self._filling.done()):
