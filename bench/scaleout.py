@@ -39,9 +39,10 @@ import httpx
 
 # The test suite's kits start and remove real deployments; the benchmark reuses them.
 TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path[:0] = [str(TESTS / "api"), str(TESTS / "scaleout")]
-from api_kit import PG_URL, Server  # noqa: E402
-from scaleout_kit import Worker, remove, wait_for_workers  # noqa: E402
+sys.path.insert(0, str(TESTS))
+from kit.cluster import Worker, wait_for_workers  # noqa: E402
+from kit.databases import PG_URL, remove  # noqa: E402
+from kit.servers import Server  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 BODY = {"language": "bash", "code": "echo 1"}

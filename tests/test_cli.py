@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "engine"))
-from engine_kit import claim_uids
+from kit.host import claim_uids
 
 EXECBOX = str(Path(sys.executable).parent / "execbox")
 

@@ -5,12 +5,13 @@ that is dropped afterwards."""
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from api_kit import PG_URL, Server, drop_schema
+
+from kit.databases import PG_URL, drop_schema
+from kit.servers import Server, make_server
 
 
 @pytest.fixture(
@@ -26,17 +27,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         yield {"EXECBOX_DATABASE_URL": PG_URL, "EXECBOX_DATABASE_SCHEMA": schema}
     finally:
         drop_schema(schema)
-
-
-def make_server(env: dict[str, str]) -> Iterator[Server]:
-    server = Server(env)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.proc is not None:
-            server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ import base64
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from api_kit import run, sse_events, submit, wait_for_status
+
+from kit.servers import run, sse_events, submit, wait_for_status
 
 PROBLEM = "application/problem+json"
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from api_kit import drop_schema
 
 from execbox.bus import Lagged, LocalEventBus, Subscription
 from execbox.jobs.recovery import recover_after_restart
@@ -23,6 +22,7 @@ from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage
 from execbox.queue import LocalQueue
 from execbox.store import Database, EventKind, JobEvent, JobStore
 from execbox.store.wal import CHECKPOINT_EVERY, WalCheckpointer
+from kit.databases import drop_schema
 
 LANG = LanguageRef(name="python", version="3")
 REQUEST = ExecutionRequest(language="python", code="print(1)")

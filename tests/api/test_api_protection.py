@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from api_kit import Server, submit, wait_for_status
 
 from execbox.api.cli import check_bind
 from execbox.config import Settings
+from kit.servers import Server, submit, wait_for_status
 
 KEY = "test-key-1"
 ORIGIN = "https://playground.example"

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from api_kit import Server, sse_events, submit, wait_for_status
+
+from kit.servers import Server, sse_events, submit, wait_for_status
 
 SLOW = "import time\nprint('started', flush=True)\ntime.sleep(1.5)\nprint('done')"
 

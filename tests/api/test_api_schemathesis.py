@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from api_kit import Server
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
 from execbox.api.problems import PROBLEM_MEDIA_TYPE
+from kit.servers import Server
 
 KEY = "schemathesis-key"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from api_kit import sse_events, submit
+
+from kit.servers import sse_events, submit
 
 PROGRAM = """
 import sys, time

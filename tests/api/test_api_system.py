@@ -11,8 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 import structlog
-from api_kit import run
-from engine_kit import claim_uids
 from fastapi.testclient import TestClient
 
 from execbox.api.app import create_app
@@ -21,6 +19,8 @@ from execbox.engine import SandboxError
 from execbox.models import ExecutionRequest, ExecutionResult
 from execbox.store import Database
 from execbox.wiring import Services
+from kit.host import claim_uids
+from kit.servers import run
 
 
 def test_languages(client: httpx.Client) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api_kit import Server, submit
 
 from execbox.webhooks import CallbackPolicy, CallbackUrlError
+from kit.servers import Server, submit
 
 SECRET = "s3cret"
 

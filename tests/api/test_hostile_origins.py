@@ -12,13 +12,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from api_kit import Server, run
 from websockets.sync.client import connect
 
-from conftest import make_server
 from execbox.api.cli import bound_host_patterns
 from execbox.api.middleware import trusted_hosts
 from execbox.config import Settings
+from kit.servers import Server, make_server, run
 
 LISTED = "https://app.example"
 CODE = "print('ran')"

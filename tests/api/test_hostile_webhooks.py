@@ -18,12 +18,12 @@ from typing import Any
 import httpcore
 import httpx
 import pytest
-from api_kit import Server, submit, wait_for_status
 
 from execbox.config import Settings
 from execbox.metrics import Metrics
 from execbox.models import ExecutionResult, LanguageRef, Status
 from execbox.webhooks import CallbackPolicy, CheckedBackend, IPAddress, Webhooks, resolve
+from kit.servers import Server, submit, wait_for_status
 
 PUBLIC = "93.184.215.14"  # what the rebinding name first answers: public, never reached
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from client_kit import API_KEY, Server, serve
 
 from execbox.client import Client
+from kit.servers import API_KEY, Server, serve
 
 
 @pytest.fixture(scope="session")

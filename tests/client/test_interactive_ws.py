@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from client_kit import API_KEY, Server, no_sandbox_process_left, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from execbox.api.interactive import MESSAGE_OVERHEAD, _Outbox
+from kit.servers import API_KEY, Server, no_sandbox_process_left, serve
 
 # Each line is one write, so that it leaves the program as one chunk (print() with
 # several arguments writes them one by one, unbuffered).

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from client_kit import API_KEY, Server
+
+from kit.servers import API_KEY, Server
 
 EXECBOX = str(Path(sys.executable).parent / "execbox")
 LIMIT_S = 60  # a guard against a hang, not a measurement

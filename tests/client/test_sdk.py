@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from client_kit import API_KEY, Server
 
 from execbox.client import (
     AsyncClient,
@@ -18,6 +17,7 @@ from execbox.client import (
     TransportError,
 )
 from execbox.models import Limits, Status, Verdict
+from kit.servers import API_KEY, Server
 
 ASK = """
 name = input("name? ")

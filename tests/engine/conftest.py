@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from engine_kit import HostGuard, claim_uids, sandbox_pids, settings_uids
 
 from execbox.config import Settings
 from execbox.runner import Runner
+from kit.host import HostGuard, claim_uids, sandbox_pids, settings_uids
 
 ENGINE_DIR = Path(__file__).resolve().parent
 SECRET_ENV = "EXECBOX_TEST_SECRET"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 
 import pytest
-from engine_kit import describe, execute, run_stage
 from pydantic import ValidationError
 
 from execbox.models import ExecutionRequest, Verdict
 from execbox.runner import InvalidRequest, Runner, UnknownLanguage
 from execbox.runner.plan import MAX_SOURCE_BYTES
+from kit.results import describe, execute, run_stage
 
 
 def b64(data: bytes) -> str:

@@ -13,20 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from engine_kit import (
-    HOST_SERVICES,
-    PWNED_NAME,
-    HostGuard,
-    describe,
-    execute,
-    json_lines,
-    port_answers,
-    run_stage,
-    stdout,
-)
 
 from execbox.models import ExecutionRequest, ExecutionResult, Verdict
 from execbox.runner import Runner, RunnerEvent
+from kit.host import HOST_SERVICES, PWNED_NAME, HostGuard, port_answers
+from kit.results import describe, execute, json_lines, run_stage, stdout
 
 SMALL = {"cpu_time_s": 1, "wall_time_s": 5, "memory_mb": 64, "processes": 32}
 

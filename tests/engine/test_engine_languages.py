@@ -4,11 +4,11 @@ aliases, multi-file programs."""
 from __future__ import annotations
 
 import pytest
-from engine_kit import describe, execute, run_stage, stdout
 
 from execbox.languages import SELFTEST_EXPECTED
 from execbox.models import ExecutionRequest, Verdict
 from execbox.runner import Runner
+from kit.results import describe, execute, run_stage, stdout
 
 LANGUAGES = [
     "python", "javascript", "typescript", "java", "go", "c", "cpp", "rust", "ruby", "php", "bash",

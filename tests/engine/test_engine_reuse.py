@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from engine_kit import HostGuard, describe, execute, run_stage, stdout
 
 from execbox.config import Settings
 from execbox.engine.box import Box
 from execbox.models import Verdict
 from execbox.runner import Runner
+from kit.host import HostGuard
+from kit.results import describe, execute, run_stage, stdout
 
 
 @pytest_asyncio.fixture(loop_scope="session")

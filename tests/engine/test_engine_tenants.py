@@ -18,22 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_kit import (
-    PER_USER_HOG,
-    PER_USER_PROBE,
-    PER_USER_PROBE_OK,
-    HostGuard,
-    claim_uids,
-    describe,
-    json_lines,
-    stdout,
-)
 
 from execbox.engine import SandboxError
 from execbox.engine.ptys import MAX_PTYS
 from execbox.engine.uids import CLAIMS_DIR, UidPool
 from execbox.models import ExecutionRequest, Verdict
 from execbox.runner import Runner, RunnerEvent
+from kit.host import PER_USER_HOG, PER_USER_PROBE, PER_USER_PROBE_OK, HostGuard, claim_uids
+from kit.results import describe, json_lines, stdout
 
 LIMITS = {"cpu_time_s": 10, "wall_time_s": 30, "memory_mb": 256, "processes": 16}
 HOLD_LIMIT_S = 30  # a guard against a hang, not a measurement

@@ -6,11 +6,10 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator
 
-from engine_kit import describe, execute, run_stage, stdout
-
 from execbox.models import ExecutionRequest, ExecutionResult, Verdict
 from execbox.runner import Runner, RunnerEvent
 from execbox.runner.results import outputs_match
+from kit.results import describe, execute, run_stage, stdout
 
 DOUBLE = "n = int(input())\nprint(n * 2)\n"
 

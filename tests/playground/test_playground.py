@@ -9,7 +9,8 @@ from pathlib import Path
 
 import playwright.sync_api as playwright
 import pytest
-from client_kit import Server
+
+from kit.servers import Server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,13 +1,12 @@
 """Fixtures of the sandboxes suite: a real engine (bwrap, cgroups, seccomp) for the
 session tests, and a real server for the API tests. Each runs under sandbox uids of its
-own (engine_kit.claim_uids), so "no process of those uids is left" is an exact check."""
+own (kit.host.claim_uids), so "no process of those uids is left" is an exact check."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,12 +18,8 @@ import pytest_asyncio
 from execbox.config import Settings
 from execbox.engine import Sandbox
 from execbox.engine.netns import NamespaceDialer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from api_kit import Server  # the API suite's real-server helper
-from engine_kit import claim_uids
-from sandboxes_kit import API_KEY
+from kit.host import claim_uids
+from kit.servers import API_KEY, Server
 
 
 @pytest.fixture(scope="session")

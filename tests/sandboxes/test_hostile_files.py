@@ -20,13 +20,12 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from api_kit import Server
 from hypothesis import HealthCheck, given, settings
-from sandboxes_kit import API_KEY
 from schemathesis.checks import positive_data_acceptance
 
 from execbox.api.problems import PROBLEM_MEDIA_TYPE
 from execbox.client import AsyncClient, Client
+from kit.servers import API_KEY, Server
 
 FILES_UID = 60363  # this module's server's sandboxes, counted apart from the others'
 MANY_FILES = 150_000

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-from api_kit import Server, sse_events
 
 from execbox.sandboxes.eventlog import EVENT_OVERHEAD
 from execbox.sandboxes.service import FINISHED_LOG_BYTES
+from kit.servers import Server, sse_events
 
 ATTACK_S = 3.0
 SAMPLE_S = 0.1

@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import websockets
-from api_kit import Server, sse_events
-from engine_kit import env_uids
-from sandboxes_kit import API_KEY
+
+from kit.host import env_uids
+from kit.servers import API_KEY, Server, sse_events
 
 APPS = Path(__file__).resolve().parent / "apps"
 WEB_APP = """\

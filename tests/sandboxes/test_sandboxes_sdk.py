@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from api_kit import Server
-from sandboxes_kit import API_KEY
 
 from execbox.client import AsyncClient, Client, NotFoundError
 from execbox.client.sandboxes import BuildUpdate, CommandHandle
 from execbox.sandboxes.schemas import CommandInfo
+from kit.servers import API_KEY, Server
 
 APP = """\
 import http.server

@@ -15,8 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from api_kit import Server
-from engine_kit import (
+
+from execbox.config import Settings
+from execbox.engine import Sandbox
+from execbox.engine.session import SessionLimits, open_session
+from execbox.engine.uids import CLAIMS_DIR
+from kit.host import (
     PER_USER_HOG,
     PER_USER_PROBE,
     PER_USER_PROBE_OK,
@@ -24,12 +28,7 @@ from engine_kit import (
     sandbox_pids,
     settings_uids,
 )
-from sandboxes_kit import API_KEY
-
-from execbox.config import Settings
-from execbox.engine import Sandbox
-from execbox.engine.session import SessionLimits, open_session
-from execbox.engine.uids import CLAIMS_DIR
+from kit.servers import API_KEY, Server
 
 WAIT_LIMIT_S = 30  # a guard against a hang, not a measurement
 SMALL = SessionLimits(memory_bytes=64 << 20, processes=16, disk_mb=4)

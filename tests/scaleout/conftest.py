@@ -1,7 +1,8 @@
 """A real scale-out deployment on this machine: two `execbox serve` and two `execbox
-worker` processes sharing the machine's PostgreSQL and Redis (see scaleout_kit).
+worker` processes sharing the machine's PostgreSQL and Redis (see kit.cluster).
 
-Skipped, saying why, only when PostgreSQL or Redis is not reachable (CI starts both).
+Its tests carry needs_postgres and needs_redis (tests/conftest.py): skipped, saying why,
+when PostgreSQL or Redis is not reachable; `make test` and CI require both.
 """
 
 from __future__ import annotations
@@ -12,26 +13,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from scaleout_kit import (
-    PG_URL,
-    REDIS_URL,
-    TIMINGS,
-    Cluster,
-    Server,
-    reachable,
-    redis_up,
-    remove,
-    start_redis,
-    wait_for_workers,
-)
+
+from kit.cluster import TIMINGS, Cluster, wait_for_workers
+from kit.databases import PG_URL, REDIS_URL, remove, start_redis
+from kit.servers import Server
 
 
 @pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
-    if not reachable(5432):
-        pytest.skip("scale-out tests need PostgreSQL at 127.0.0.1:5432 (db `test`, trust auth)")
-    if not redis_up():
-        pytest.skip("scale-out tests need Redis at 127.0.0.1:6379")
     suffix = secrets.token_hex(4)
     schema, prefix = f"execbox_scaleout_{suffix}", f"execbox-test-{suffix}"
     env = {

@@ -7,13 +7,13 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
-from scaleout_kit import PG_URL, drop_schema, reachable
 
 from execbox.bus import LocalEventBus
 from execbox.jobs.service import JobService, LeaseLost
 from execbox.models import ExecutionRequest, ExecutionResult, LanguageRef, Stage, Status, Verdict
 from execbox.queue import LocalQueue
 from execbox.store import Database, EventKind, JobEvent, JobStore
+from kit.databases import PG_URL, drop_schema
 
 LANG = LanguageRef(name="bash")
 REQUEST = ExecutionRequest(language="bash", code="echo 1")
@@ -28,8 +28,6 @@ LOST = {"reason": "worker w1 stopped answering", "lost": "its worker stopped ans
 
 @pytest.fixture
 async def store() -> AsyncIterator[JobStore]:
-    if not reachable(5432):
-        pytest.skip("needs PostgreSQL at 127.0.0.1:5432 (db `test`, trust auth)")
     schema = f"execbox_leases_{secrets.token_hex(4)}"
     db = Database(PG_URL, schema)
     await db.migrate()

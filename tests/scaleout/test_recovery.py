@@ -9,7 +9,6 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
-from scaleout_kit import PG_URL, REDIS_URL, reachable, redis_up, remove
 
 from execbox.bus import LocalEventBus
 from execbox.config import Settings
@@ -18,6 +17,7 @@ from execbox.models import ExecutionRequest, LanguageRef, Status
 from execbox.queue.redis import RedisQueue, connect
 from execbox.store import Database, JobStore
 from execbox.workers.upkeep import Recovery
+from kit.databases import PG_URL, REDIS_URL, remove
 
 LANG = LanguageRef(name="bash")
 REQUEST = ExecutionRequest(language="bash", code="echo 1")
@@ -25,8 +25,6 @@ REQUEST = ExecutionRequest(language="bash", code="echo 1")
 
 @pytest.fixture
 async def parts() -> AsyncIterator[tuple[JobService, RedisQueue, Recovery]]:
-    if not reachable(5432) or not redis_up():
-        pytest.skip("needs PostgreSQL at 127.0.0.1:5432 and Redis at 127.0.0.1:6379")
     suffix = secrets.token_hex(4)
     schema, prefix = f"execbox_recovery_{suffix}", f"execbox-recovery-{suffix}"
     settings = Settings(redis_url=REDIS_URL, redis_prefix=prefix, lease_s=0.5, max_attempts=2)

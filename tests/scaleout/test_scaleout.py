@@ -12,18 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from api_kit import run, sse_events, submit
-from scaleout_kit import (
-    PG_URL,
-    Cluster,
-    Server,
-    TcpProxy,
-    Worker,
-    live_workers,
-    start_redis,
-    stop_redis,
-    wait_for_workers,
-)
+
+from kit.cluster import Cluster, TcpProxy, Worker, live_workers, wait_for_workers
+from kit.databases import PG_URL, start_redis, stop_redis
+from kit.servers import Server, run, sse_events, submit
 
 pytestmark = pytest.mark.timeout(300)
 

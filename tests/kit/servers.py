@@ -3,9 +3,9 @@ small helpers for talking to it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,25 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from engine_kit import UidClaim, claim_uids
+from kit.host import UidClaim, claim_uids, env_uids, sandbox_pids
 
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 STARTUP_LIMIT_S = 60  # a guard against a hang, not a measurement
-
-
-def drop_schema(schema: str) -> None:
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""))
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+GONE_LIMIT_S = 10  # likewise
+# The key of the servers that require one.
+API_KEY = "execbox-test-key"
 
 
 def free_port() -> int:
@@ -147,3 +136,33 @@ def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
         else:
             key, _, value = line.partition(":")
             event[key] = value[1:] if value.startswith(" ") else value
+
+
+def make_server(env: dict[str, str]) -> Iterator[Server]:
+    """A started server (for a fixture), stopped and removed afterwards."""
+    server = Server(env)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+def serve(env: dict[str, str]) -> Iterator[Server]:
+    """A server with no warm pools (whose idle sandboxes run as its uids too), so that
+    "no program outlives its run" is an exact check even while other test runs share
+    the machine."""
+    yield from make_server({"EXECBOX_WARM_POOL_SIZE": "0", "EXECBOX_SANDBOX_WARM_POOL": "0", **env})
+
+
+def no_sandbox_process_left(server: Server) -> bool:
+    """Waits (bounded) until no process of the server's sandbox uids runs; True if none."""
+    uids = env_uids(server.env)
+    deadline = time.monotonic() + GONE_LIMIT_S
+    while sandbox_pids(uids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

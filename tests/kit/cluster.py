@@ -1,5 +1,5 @@
 """Scale-out deployments on this machine, for the tests and bench/scaleout.py:
-`execbox worker` processes (API processes are api_kit's Servers) sharing the
+`execbox worker` processes (API processes are kit.servers' Servers) sharing the
 machine's PostgreSQL (a schema of their own) and Redis (a database number and key
 prefix of their own), and their removal; stopping and starting the machine's Redis."""
 
@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,55 +20,12 @@ from typing import Any
 
 import asyncpg
 import httpx
-import redis
 
-# The API suite's real-server helpers (uvicorn subprocess, SSE parsing) serve here too.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
-from api_kit import PG_URL, STARTUP_LIMIT_S, Server, drop_schema, free_port
-from engine_kit import UidClaim, claim_uids
+from kit.databases import PG_URL
+from kit.host import UidClaim, claim_uids
+from kit.servers import STARTUP_LIMIT_S, Server, free_port
 
-REDIS_DB = 11
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
-# How this machine's Redis was started (no persistence: a restart loses every key).
-REDIS_SERVER = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
-    "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
-# Short heartbeats and leases, so a killed worker's jobs come back within seconds.
 TIMINGS = {"EXECBOX_HEARTBEAT_S": "0.5", "EXECBOX_LEASE_S": "3", "EXECBOX_MAX_ATTEMPTS": "3"}
-
-
-def reachable(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def redis_up() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-def stop_redis() -> None:
-    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], check=False)
-    while reachable(6379):
-        time.sleep(0.05)
-
-
-def start_redis() -> None:
-    """Starts the machine's Redis as it was started, unless it is running."""
-    if not redis_up():
-        subprocess.run(REDIS_SERVER, check=True)
-    deadline = time.monotonic() + STARTUP_LIMIT_S
-    while not redis_up():
-        if time.monotonic() > deadline:
-            raise RuntimeError("redis-server did not come back")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -131,15 +87,6 @@ def wait_for_workers(api_url: str, count: int) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{count} workers did not register")
         time.sleep(0.1)
-
-
-def remove(schema: str, prefix: str, redis_url: str = REDIS_URL) -> None:
-    """Drops the deployment's schema and deletes its Redis keys."""
-    drop_schema(schema)
-    client = redis.Redis.from_url(redis_url)
-    for pattern in (f"saq:{prefix}:*", f"saq:job:{prefix}:*", f"{prefix}:*"):
-        for key in client.scan_iter(match=pattern, count=1000):
-            client.delete(key)
 
 
 class TcpProxy:

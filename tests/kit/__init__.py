@@ -1,0 +1,1 @@
+"""Helpers the test folders share: real servers, the host's guards, the databases."""
