@@ -3,7 +3,11 @@ against a real server: echo, live streaming, kill, disconnect, errors, persisten
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -203,6 +207,10 @@ def test_an_unknown_client_message_is_answered_and_the_run_goes_on(ws: ClientCon
     start(ws, ECHO)
     ws.send(json.dumps({"type": "resize"}))
     assert "unknown message" in until(ws, "error")[-1]["detail"]
+    ws.send("[" * 100_000 + "]" * 100_000)  # nested deeper than the parser recurses
+    assert "JSON objects" in until(ws, "error")[-1]["detail"]
+    ws.send(json.dumps({"type": "stdin", "data": "still read\n"}))
+    assert until(ws, "stdout")[-1]["data"] == "echo: still read\n"
     ws.send(json.dumps({"type": "close_stdin"}))
     assert until(ws, "result")[-1]["verdict"] == "ok"
 
@@ -243,3 +251,45 @@ def test_runs_killed_as_they_start_leave_the_server_sound(own_server: Server) ->
         ws.send(json.dumps({"type": "close_stdin"}))
         assert until(ws, "result")[-1]["verdict"] == "ok"
     assert no_sandbox_process_left(own_server)
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_stdin_a_program_never_reads_holds_the_client_back_not_server_memory(
+    server: Server, ws: ClientConnection, http: httpx.Client
+) -> None:
+    """A client floods stdin (and bad messages) into a program that never reads them:
+    the server buffers a bounded amount, then stops reading the WebSocket."""
+    assert server.proc is not None
+    job_id = start(ws, "import time\ntime.sleep(30)\n", limits={"wall_time_s": 30})
+    baseline = _rss_bytes(server.proc.pid)
+    # Random, so that the WebSocket's compression cannot make it small on the wire.
+    chunk = json.dumps({"type": "stdin", "data": base64.b64encode(os.urandom(3 << 18)).decode()})
+    sent = 0
+
+    def flood() -> None:
+        nonlocal sent
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(300):  # 300 MiB, were the server to take it all
+                ws.send(chunk)
+                ws.send("not json")
+                sent += 1
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    flooder.join(timeout=8)  # a bound on the attack, not a measurement
+    growth = _rss_bytes(server.proc.pid) - baseline
+    assert flooder.is_alive(), (
+        f"the flood ended after {sent} MiB: {ws.close_code} {ws.close_reason}"
+    )
+    assert sent < 100, f"the server took {sent} MiB of stdin the program never read"
+    assert growth < 100 << 20, f"the server grew by {growth >> 20} MiB"
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    # A client held back is read no more, so the cancel comes over HTTP.
+    assert http.post(f"/v1/executions/{job_id}/cancel").json()["status"] == "cancelled"

@@ -27,7 +27,10 @@ one message). Beyond
 that, chunks are dropped from the live stream, never queued without bound and never
 blocking the program's pipes; the next output message says how many bytes were
 ``dropped``. Nothing is lost for good: the result (and the job's record) carry the
-whole output, which the sandbox caps at ``limits.output_kb`` anyway.
+whole output, which the sandbox caps at ``limits.output_kb`` anyway. Stdin the
+program has not read waits in a buffer of at most ``STDIN_BYTES``; beyond, the server
+reads no more client messages until the program reads (TCP then holds the client
+back); replies to bad client messages are dropped while the outbox is full.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ OUTBOX_BYTES = 1 << 20
 # What a queued output message costs beyond its bytes (its dict and strings).
 MESSAGE_OVERHEAD = 512
 MAX_MESSAGE_BYTES = 1 << 20
+# Stdin the program has not read yet, at most (see _Stdin).
+STDIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -78,6 +83,13 @@ class _Outbox:
     def put(self, message: dict[str, Any]) -> None:
         self._messages.append(message)
         self._ready.set()
+
+    def notice(self, message: dict[str, Any]) -> None:
+        """A message the client may miss (a reply to a bad message of its own): dropped
+        while the outbox is full, so a client that sends and never reads cannot grow it."""
+        if self._pending + MESSAGE_OVERHEAD <= self.limit:
+            self._pending += MESSAGE_OVERHEAD
+            self.put({**message, "_notice": True})
 
     def output(self, stream: str, stage: str, data: bytes) -> None:
         last = self._messages[-1] if self._messages else None
@@ -108,6 +120,8 @@ class _Outbox:
                 self._ready.clear()
                 await self._ready.wait()
             message = self._messages.popleft()
+            if message.pop("_notice", False):
+                self._pending -= MESSAGE_OVERHEAD
             raw = message.pop("_raw", None)
             if raw is None:
                 return message
@@ -120,6 +134,39 @@ class _Outbox:
             message["data"] = decoder.decode(bytes(raw))
             if message["data"] or "dropped" in message:
                 return message
+
+
+class _Stdin:
+    """What the client sent for the program's stdin and the program has not read yet,
+    ``limit`` bytes at most: beyond, the client's next message waits (and with it the
+    WebSocket, so TCP holds the client back), as a pipe would."""
+
+    def __init__(self, limit: int = STDIN_BYTES) -> None:
+        self._chunks: deque[bytes | None] = deque()
+        self._pending = 0
+        self._limit = limit
+        self._changed = asyncio.Event()
+
+    async def put(self, data: bytes | None) -> None:
+        """Queues ``data``; None closes stdin."""
+        while data and self._pending and self._pending + len(data) > self._limit:
+            self._changed.clear()
+            await self._changed.wait()
+        self._chunks.append(data)
+        self._pending += len(data or b"")
+        self._changed.set()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            while not self._chunks:
+                self._changed.clear()
+                await self._changed.wait()
+            data = self._chunks.popleft()
+            if data is None:
+                return
+            self._pending -= len(data)
+            self._changed.set()
+            yield data
 
 
 def _read_request(text: str, services: Services) -> ExecutionRequest:
@@ -180,7 +227,7 @@ class _Session:
         self.services = services
         self.request = request
         self.outbox = _Outbox()
-        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.stdin = _Stdin()
         self.job_id = new_job_id()
 
     def kill(self) -> None:
@@ -221,23 +268,23 @@ class _Session:
                 try:
                     message = json.loads(await self.websocket.receive_text())
                     kind = message["type"]
-                except (ValueError, KeyError, TypeError):
-                    self.outbox.put(_error(400, "messages are JSON objects with a `type`"))
+                except (ValueError, KeyError, TypeError, RecursionError):  # nested too deep
+                    self.outbox.notice(_error(400, "messages are JSON objects with a `type`"))
                     continue
                 if kind == "stdin" and isinstance(message.get("data"), str):
-                    self.stdin.put_nowait(message["data"].encode())
+                    await self.stdin.put(message["data"].encode())
                 elif kind == "close_stdin":
-                    self.stdin.put_nowait(None)
+                    await self.stdin.put(None)
                 elif kind == "kill":
                     self.kill()
                 else:
                     detail = f"unknown message {kind!r}: expected stdin, close_stdin or kill"
-                    self.outbox.put(_error(400, detail))
+                    self.outbox.notice(_error(400, detail))
 
     async def _program_stdin(self) -> AsyncIterator[bytes]:
         if self.request.stdin:
             yield self.request.stdin.encode()
-        while (data := await self.stdin.get()) is not None:
+        async for data in self.stdin.chunks():
             yield data
 
     def _on_event(self, event: RunnerEvent) -> None:
