@@ -12,10 +12,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from execbox import playground
-from execbox.api import executions, interactive, sandboxes, system, workers
+from execbox.api import executions, interactive, previews, sandboxes, system, workers
 from execbox.api.middleware import BodyLimit, RequestContext
 from execbox.api.problems import install_problem_handlers, use_problem_media_type
 from execbox.config import Settings
+from execbox.sandboxes.settings import SandboxSettings
 from execbox.services import Services
 
 
@@ -41,10 +42,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(workers.router)
     app.include_router(interactive.router)
     app.include_router(sandboxes.router)
+    app.include_router(previews.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.static_files(), name="playground")
     install_problem_handlers(app)
     # Outermost last: CORS answers preflights before anything else runs.
+    app.add_middleware(previews.PreviewHosts, domain=SandboxSettings().preview_domain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb << 10)
     app.add_middleware(RequestContext)
     if settings.cors_origin_list:
