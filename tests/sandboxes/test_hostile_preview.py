@@ -25,6 +25,7 @@ from preview_kit import (
     serve_previews,
     start_hostile_app,
 )
+from websockets.exceptions import InvalidStatus
 
 from execbox.api.problems import PROBLEM_MEDIA_TYPE
 
@@ -59,10 +60,9 @@ def browser(server: Server) -> Iterator[httpx.Client]:
 
 
 def healthy(client: httpx.Client, server: Server) -> None:
-    """The server answers, and logged neither an error nor a 500."""
+    """The server answers, and logged no error (every exception and 500 of ours does)."""
     assert client.get("/health").status_code == 200
-    records = list(server.log_records())
-    assert not [r for r in records if r.get("level") == "error" or r.get("status") == 500]
+    assert not [r for r in server.log_records() if r.get("level") == "error"]
 
 
 def test_path_form_confines_the_app(
@@ -151,6 +151,8 @@ def test_bad_hosts_ports_and_statuses_are_problems(
     assert weird.status_code == 502 and "status 999" in weird.json()["detail"]
     assert weird.headers["content-type"] == PROBLEM_MEDIA_TYPE
     assert client.get(f"/v1/sandboxes/{sid}/ports/99999/").status_code == 422
+    encoded_slash = client.get(f"/v1/sandboxes/{sid}/ports/{APP_PORT}%2Fx%3Fy")
+    assert encoded_slash.status_code == 200 and encoded_slash.text == "/x%3Fy None"
     assert client.get("/", headers={"Host": f"99999-{sid}.preview.localhost"}).status_code == 422
     assert client.get("/", headers={"Host": "www.preview.localhost"}).status_code == 404
     for port, host in ((99999, None), (WS_PORT, f"99999-{sid}.preview.localhost")):
@@ -158,7 +160,7 @@ def test_bad_hosts_ports_and_statuses_are_problems(
         async def refused(port: int = port, host: str | None = host) -> int:
             url = f"ws://127.0.0.1:{server.port}/v1/sandboxes/{sid}/ports/{port}/"
             headers = {"X-API-Key": API_KEY, **({"Host": host} if host else {})}
-            with pytest.raises(websockets.exceptions.InvalidStatus) as refusal:
+            with pytest.raises(InvalidStatus) as refusal:
                 async with websockets.connect(url, additional_headers=headers):
                     pass
             return refusal.value.response.status_code
@@ -189,6 +191,8 @@ def test_fuzzed_preview_requests_and_answers_never_break_the_server(
     )
     @example(999, [], "GET", "", APP_PORT, False, "")  # once an empty reply
     @example(200, [], "GET", "", 99999, True, "")
+    @example(304, [], "PATCH", "", APP_PORT, True, "")  # announced a body it cannot have
+    @example(200, [("a", "b"), (" \x01\x7f", "")], "GET", "", APP_PORT, False, "")  # folded
     @settings(
         max_examples=150,
         deadline=None,
@@ -211,7 +215,7 @@ def test_fuzzed_preview_requests_and_answers_never_break_the_server(
         headers = {"Cookie": cookie.strip()} if cookie.strip() else {}
         if own_host:
             headers["Host"] = f"{port}-{sid}.preview.localhost"
-            url = f"/{path}"
+            url = "/" + path.lstrip("/")  # not "//…", which a client reads as a host
         else:
             url = f"/v1/sandboxes/{sid}/ports/{port}/{path}"
         answer = client.request(method, url, params=query, headers=headers, timeout=10)

@@ -20,7 +20,7 @@ import contextlib
 import hmac
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 import httpcore
 import websockets
@@ -55,6 +55,9 @@ SANDBOX_CSP = b"sandbox allow-scripts allow-forms allow-popups allow-modals allo
 PREVIEW_TIMEOUTS = {"connect": 10.0, "read": 300.0, "write": 60.0, "pool": 30.0}
 WS_MAX_MESSAGE = 16 << 20
 MAX_PORT = 65535
+BODILESS = {204, 304}
+FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 HOST_LABEL = re.compile(r"(?P<port>[0-9]{1,6})-(?P<sandbox_id>[a-z0-9]{1,64})")
 
 
@@ -102,7 +105,9 @@ def _app_target(connection: HTTPConnection, preview: Preview) -> str:
     raw_path = connection.scope.get("raw_path") or connection.scope["path"].encode()
     path = raw_path.decode("latin-1")
     if not preview.own_origin:  # after /v1/sandboxes/{id}/ports/{port}/
-        path = "/" + path.split("/", 6)[6]
+        segments = path.split("/", 6)
+        # Fewer when a slash of the prefix came percent-encoded: the decoded path then.
+        path = "/" + (segments[6] if len(segments) == 7 else quote(connection.path_params["path"]))
     query = [
         part
         for part in connection.url.query.split("&")
@@ -139,7 +144,7 @@ def _host_only(set_cookie: bytes) -> bytes:
 
 
 def _app_response_headers(
-    headers: list[tuple[bytes, bytes]], preview: Preview
+    status: int, headers: list[tuple[bytes, bytes]], preview: Preview
 ) -> list[tuple[bytes, bytes]]:
     """Every header the app sent (repeated ones too) that it may send from where the
     caller reached it."""
@@ -148,10 +153,26 @@ def _app_response_headers(
         name = name.lower()
         if name in HOP_BY_HOP or (not preview.own_origin and name in ORIGIN_WIDE):
             continue
+        # These have no body, whatever length the app announces: the server would
+        # wait for the bytes it says.
+        if name == b"content-length" and status in BODILESS:
+            continue
         kept.append((name, _host_only(value) if name == b"set-cookie" else value))
     if not preview.own_origin:
         kept.append((b"content-security-policy", SANDBOX_CSP))
     return kept
+
+
+def _unrelayable(answer: httpcore.Response) -> str | None:
+    """What in the app's answer cannot be relayed, if anything: a status that is not
+    a final one (999, a stray 1xx), or a header our server refuses to send (httpcore
+    unfolds obsolete line folding, which may leave control characters)."""
+    if not 200 <= answer.status <= 599:
+        return f"status {answer.status}"
+    for name, value in answer.headers:
+        if not FIELD_NAME.fullmatch(name) or FORBIDDEN_IN_VALUE.search(value):
+            return f"header {name!r}: {value!r}"[:200]
+    return None
 
 
 async def _relay_http(request: Request, preview: Preview) -> Response:
@@ -189,14 +210,13 @@ async def _relay_http(request: Request, preview: Preview) -> Response:
         raise ProblemError(504, f"port {port} in sandbox {sandbox_id} did not answer") from exc
     except httpcore.ProtocolError as exc:
         raise ProblemError(502, f"port {port} answered with invalid HTTP: {exc}") from exc
-    # A final answer is 2xx to 5xx: anything else (999, a stray 1xx) cannot be relayed.
-    if not 200 <= answer.status <= 599:
+    if (flaw := _unrelayable(answer)) is not None:
         await answer.aclose()
-        raise ProblemError(502, f"port {port} answered with invalid HTTP: status {answer.status}")
+        raise ProblemError(502, f"port {port} answered with invalid HTTP: {flaw}")
     response = StreamingResponse(
         answer.aiter_stream(), status_code=answer.status, background=BackgroundTask(answer.aclose)
     )
-    response.raw_headers = _app_response_headers(answer.headers, preview)
+    response.raw_headers = _app_response_headers(answer.status, answer.headers, preview)
     if set_cookie:
         response.set_cookie(
             COOKIE, live.info.preview_token, path=preview.cookie_path, httponly=True,
