@@ -47,6 +47,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/playground", playground.static_files(), name="playground")
     install_problem_handlers(app)
     # Outermost last: CORS answers preflights before anything else runs.
+    # Preview hosts are the apps' whatever the path: no route of the API is reached
+    # there (inside the body cap and the request log, like the path form).
     app.add_middleware(previews.PreviewHosts, domain=SandboxSettings().preview_domain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb << 10)
     app.add_middleware(RequestContext)

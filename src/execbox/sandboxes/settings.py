@@ -39,9 +39,9 @@ class SandboxSettings(BaseSettings):
     preview_domain: str | None = Field(
         None,
         pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$",
-        description="Serve previews on hosts of their own, {port}-{sandbox_id}.DOMAIN (a "
-        "wildcard DNS name for this server; a domain used for nothing else), instead of "
-        "under /v1 on execbox's own origin",
+        description="Previews also get hosts, so origins, of their own: "
+        "{port}-{sandbox_id}.DOMAIN (a wildcard DNS name for this server, used for nothing "
+        "else); preview URLs then use that form",
     )
     sandbox_start_wait_s: float = Field(
         30, gt=0, description="How long a build waits for its app to listen on its port"
