@@ -92,7 +92,7 @@ def test_a_path_form_preview_gets_nothing_of_the_visitor(
     save_key_in_the_playground(page, preview_server)
     # The visitor also holds some other cookie of this origin (an SSO session, say).
     sso = {"name": "sso", "value": "visitor-secret", "url": preview_server.url}
-    page.context.add_cookies([sso])  # type: ignore[list-item]
+    page.context.add_cookies([sso])
     url = f"{preview_server.url}/v1/sandboxes/{sid}/ports/{APP_PORT}/page"
     report = open_and_wait_for_report(page, client, sid, f"{url}?execbox_preview_token={token}")
 

@@ -155,6 +155,8 @@ def test_bad_hosts_ports_and_statuses_are_problems(
     assert encoded_slash.status_code == 200 and encoded_slash.text == "/x%3Fy None"
     assert client.get("/", headers={"Host": f"99999-{sid}.preview.localhost"}).status_code == 422
     assert client.get("/", headers={"Host": "www.preview.localhost"}).status_code == 404
+    qualified = client.get("/", headers={"Host": f"{APP_PORT}-{sid}.preview.localhost."})
+    assert qualified.status_code == 200 and qualified.text.startswith("/ ")  # the app
     for port, host in ((99999, None), (WS_PORT, f"99999-{sid}.preview.localhost")):
 
         async def refused(port: int = port, host: str | None = host) -> int:

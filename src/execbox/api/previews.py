@@ -336,6 +336,7 @@ class PreviewHosts:
         name, _, port = host.rpartition(":")
         if not port.isdigit():
             name = host
+        name = name.removesuffix(".")  # the same host, fully qualified
         if self.suffix is None or not name.endswith(self.suffix):
             return None
         return name.removesuffix(self.suffix)
