@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from execbox.models import ExecutionRequest, ExecutionResult, Stage
 from execbox.runner import Runner
+from execbox.sandbox.box import Box
 
 # The session's sandbox uid is claimed from this range (not the default 60100), so that a
 # process of that uid on the host can only be a survivor of this very session: never a
@@ -82,6 +83,20 @@ def json_lines(text: str) -> dict[str, Any]:
     assert lines, f"no output: {text!r}"
     value: dict[str, Any] = json.loads(lines[-1])
     return value
+
+
+async def resets_done(runner: Runner) -> None:
+    """Waits for the resets (and frees) of boxes whose executions ended."""
+    while runner.sandbox._cleanups:
+        await asyncio.gather(*list(runner.sandbox._cleanups))
+
+
+async def the_box(runner: Runner) -> Box:
+    """The pool's one idle box (of a pool of one), once the last execution's reset is done."""
+    await resets_done(runner)
+    idle = list(runner.sandbox._idle)
+    assert len(idle) == 1, idle
+    return idle[0]
 
 
 # -- the host ---------------------------------------------------------------

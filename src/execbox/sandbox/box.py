@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
 from execbox.sandbox.bwrap import PRIVATE_TMPFS
 from execbox.sandbox.command import (
     SANDBOX_OWN_PROCESSES,
@@ -49,6 +51,8 @@ from execbox.sandbox.workspace import DIR_FLAGS, Workspace, restore_dir
 
 if TYPE_CHECKING:
     from execbox.sandbox.engine import Sandbox
+
+log = structlog.get_logger(__name__)
 
 # Bounds on what slowly accumulates in a box that is reused (pid numbers, kernel
 # objects charged to its namespaces), and on the age of its view of the host.
@@ -161,7 +165,9 @@ class Box:
             return False
         try:
             await asyncio.to_thread(self._empty)
-        except OSError:
+        except Exception:
+            # Whatever went wrong, the box may hold what it should not: it is freed.
+            log.warning("box_reset_failed", exc_info=True)
             return False
         self.uses += 1
         return True

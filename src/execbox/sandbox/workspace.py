@@ -9,10 +9,12 @@ such links).
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Iterator
@@ -27,6 +29,14 @@ MS_REMOUNT = 0x20
 MNT_DETACH = 0x2
 MAX_PATH_DEPTH = 64
 WORKSPACE_MODE = 0o700
+# Inodes a workspace may hold per MiB of its size (an average of 4 KiB a file), and at
+# least: without a cap, millions of empty files cost the host kernel memory and make
+# every listing and reset of the workspace slow.
+INODES_PER_MB = 256
+MIN_INODES = 4096
+# The inode flags ioctls (chattr); the kernel reads and writes an int.
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -90,7 +100,8 @@ class Workspace:
 
     @staticmethod
     def _options(uid: int, gid: int, size_mb: int) -> str:
-        return f"size={size_mb}m,mode={WORKSPACE_MODE:o},uid={uid},gid={gid},nr_inodes=0"
+        inodes = max(MIN_INODES, size_mb * INODES_PER_MB)
+        return f"size={size_mb}m,nr_inodes={inodes},mode={WORKSPACE_MODE:o},uid={uid},gid={gid}"
 
     def resize(self, size_mb: int) -> None:
         if size_mb != self.size_mb:
@@ -195,7 +206,12 @@ class Workspace:
         with self._dir(dirs) as dfd:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                _remove_tree(dfd, name)
+                fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+                try:
+                    empty_dir(fd)
+                finally:
+                    os.close(fd)
+                os.rmdir(name, dir_fd=dfd)
             else:
                 os.unlink(name, dir_fd=dfd)
 
@@ -222,27 +238,82 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def restore_dir(fd: int, mode: int) -> None:
-    """Empties the directory open at ``fd`` and gives it back ``mode`` and no extended
-    attributes: its owner (a program) may have changed them, as a note to the next."""
+    """Empties the directory open at ``fd`` and gives it back ``mode``, no extended
+    attributes, no inode flags and fresh timestamps: its owner (a program) may have
+    changed them, as a note to the next."""
     empty_dir(fd)
     for name in os.listxattr(fd):
         os.removexattr(fd, name)
+    _clear_inode_flags(fd)
     os.fchmod(fd, mode)
+    os.utime(fd)
+
+
+def _clear_inode_flags(fd: int) -> None:
+    """Clears the inode flags an owner may set (chattr +d, +A, ...; tmpfs has them since
+    Linux 6.0, where older kernels answer ENOTTY)."""
+    flags = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+    except OSError as exc:
+        if exc.errno != errno.ENOTTY:
+            raise
+        return
+    if flags[0]:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, array.array("i", [0]))
 
 
 def empty_dir(fd: int) -> None:
-    """Removes everything in the directory open at ``fd``, following no link."""
+    """Removes everything in the directory open at ``fd``, following no link.
+
+    Iterative, whatever the depth of the tree (a program may nest directories far
+    deeper than Python may recurse, or than a process may hold descriptors): one
+    directory is open at a time, left for a subdirectory and come back to through
+    "..", which must then be the very directory left (a program moving directories
+    meanwhile makes the removal fail, never reach outside the tree).
+    """
+    cur = os.dup(fd)
+    try:
+        levels = [_Level("", os.fstat(cur), _unlink_files(cur))]
+        while levels:
+            level = levels[-1]
+            if level.subdirs:
+                name = level.subdirs.pop()
+                child = os.open(name, DIR_FLAGS, dir_fd=cur)
+                os.close(cur)
+                cur = child
+                levels.append(_Level(name, os.fstat(cur), _unlink_files(cur)))
+                continue
+            levels.pop()
+            if levels:
+                parent = os.open("..", DIR_FLAGS, dir_fd=cur)
+                os.close(cur)
+                cur = parent
+                here = os.fstat(cur)
+                expected = levels[-1].stat
+                if (here.st_dev, here.st_ino) != (expected.st_dev, expected.st_ino):
+                    raise OSError(errno.ESTALE, "a directory moved while its tree was removed")
+                os.rmdir(level.name, dir_fd=cur)
+    finally:
+        os.close(cur)
+
+
+@dataclass
+class _Level:
+    """A directory of the tree being removed: its name in its parent, its identity,
+    and the subdirectories still to remove in it."""
+
+    name: str
+    stat: os.stat_result
+    subdirs: list[str]
+
+
+def _unlink_files(fd: int) -> list[str]:
+    """Removes what is not a directory in the directory open at ``fd``; its subdirectories."""
+    subdirs = []
     for entry in os.scandir(fd):
         if entry.is_dir(follow_symlinks=False):
-            _remove_tree(fd, entry.name)
+            subdirs.append(entry.name)
         else:
             os.unlink(entry.name, dir_fd=fd)
-
-
-def _remove_tree(parent_fd: int, name: str) -> None:
-    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    try:
-        empty_dir(fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
+    return subdirs
