@@ -59,3 +59,108 @@ async def test_a_box_whose_reset_fails_in_any_way_is_freed(
     assert stdout(fresh) == "2\n", describe(fresh)
     assert await the_box(one_box) is not box
     await reuse_host.check()
+
+
+# -- what a reset leaves: nothing a program could read as a note from the last ------
+
+NOTE_IN_TIMES_AND_FLAGS = """
+import fcntl, os, struct
+FS_IOC_SETFLAGS, NODUMP_NOATIME = 0x40086602, 0x40 | 0x80
+for d in ("/box", "/tmp", "/dev/shm"):
+    os.utime(d, (123456789, 123456789))
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", NODUMP_NOATIME))
+    os.close(fd)
+print("noted")
+"""
+
+READ_TIMES_AND_FLAGS = """
+import array, fcntl, json, os
+FS_IOC_GETFLAGS = 0x80086601
+found = {}
+for d in ("/box", "/tmp", "/dev/shm"):
+    flags = array.array("i", [0])
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+    os.close(fd)
+    st = os.stat(d)
+    found[d] = [int(st.st_atime), int(st.st_mtime), flags[0]]
+print(json.dumps(found))
+"""
+
+
+async def test_times_and_inode_flags_of_the_writable_dirs_are_reset(
+    one_box: Runner, reuse_host: HostGuard
+) -> None:
+    box = await the_box(one_box)
+    noted = await execute(one_box, "python", NOTE_IN_TIMES_AND_FLAGS)
+    assert stdout(noted) == "noted\n", describe(noted)
+    assert await the_box(one_box) is box
+    read = await execute(one_box, "python", READ_TIMES_AND_FLAGS)
+    assert await the_box(one_box) is box
+    for place, (atime, mtime, flags) in json.loads(stdout(read)).items():
+        assert 123456789 not in (atime, mtime) and flags == 0, (place, stdout(read))
+    await reuse_host.check()
+
+
+# An abstract socket whose only references are in flight in a cycle of SCM_RIGHTS
+# messages: its processes are gone, it stays (named) until the kernel collects it.
+GHOST_SOCKET = """
+import socket
+named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+named.bind("\\0execbox-ghost")
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+socket.send_fds(a, [b"x"], [named.fileno(), a.fileno()])
+socket.send_fds(b, [b"x"], [b.fileno()])
+print("left")
+"""
+
+REACH_GHOST = """
+import json, socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"hello", "\\0execbox-ghost")
+    reached = True
+except OSError:
+    reached = False
+listed = "execbox-ghost" in open("/proc/net/unix").read()
+print(json.dumps({"reached": reached, "listed": listed}))
+"""
+
+LOOPBACK_TRAFFIC = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(37):
+    s.sendto(b"x" * 1000, ("127.0.0.1", 9))
+print("sent")
+"""
+
+READ_LOOPBACK = """
+for line in open("/proc/net/dev"):
+    if line.strip().startswith("lo:"):
+        print(line.split(":")[1].split()[:2])
+"""
+
+
+async def test_a_unix_socket_left_alive_retires_the_box(
+    one_box: Runner, reuse_host: HostGuard
+) -> None:
+    box = await the_box(one_box)
+    left = await execute(one_box, "python", GHOST_SOCKET)
+    assert stdout(left) == "left\n", describe(left)
+    await resets_done(one_box)
+    assert box.session.ended.is_set(), "the box was reused"
+    looked = await execute(one_box, "python", REACH_GHOST)
+    assert json.loads(stdout(looked)) == {"reached": False, "listed": False}, describe(looked)
+    await reuse_host.check()
+
+
+async def test_loopback_traffic_retires_the_box(one_box: Runner, reuse_host: HostGuard) -> None:
+    box = await the_box(one_box)
+    sent = await execute(one_box, "python", LOOPBACK_TRAFFIC)
+    assert stdout(sent) == "sent\n", describe(sent)
+    await resets_done(one_box)
+    assert box.session.ended.is_set(), "the box was reused"
+    looked = await execute(one_box, "python", READ_LOOPBACK)
+    assert stdout(looked) == "['0', '0']\n", describe(looked)
+    await reuse_host.check()

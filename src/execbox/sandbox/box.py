@@ -10,14 +10,21 @@ reset or shut:
 - System V IPC: init removes every object with them; POSIX message queues are denied
   by the seccomp filter;
 - files: / and /dev are read-only; the host empties /box, /tmp and /dev/shm between
-  executions and restores their mode and extended attributes (through directory
-  fds, following no link);
+  executions and restores their mode, extended attributes, inode flags and times
+  (through directory fds, following no link, however deep the tree);
+- the network namespace (which nothing can reset): a box whose execution left a unix
+  socket in it, or traffic on its loopback, is not reused;
 - accounting and limits: every command runs in a fresh cgroup of its own (on v1, a
   fresh memory cgroup; the other hierarchies' counters are reset), into which the
   box's bwrap and init move before it starts. The first move into a new memory
   cgroup waits for an RCU grace period (1-2 ms), so it is made when the box is reset,
   in a thread, off the next execution's path; only a second command of an execution
   waits for it.
+
+Not reset: counters that only grow, the pid namespace's last pid and the tmpfs inode
+and directory-offset numbers, tell an execution how many processes and files earlier
+ones in its box made (a narrow channel, bounded by MAX_USES and MAX_AGE_S; closing it
+would cost a new box, namespaces and mounts, per execution).
 
 A box that had network, ended, held a process it should not have, or served
 MAX_USES executions or MAX_AGE_S is not reused.
@@ -76,6 +83,7 @@ class Box:
         self._cgroup_used = False
         # Cgroup directories of earlier commands that could not be removed at once.
         self._stale: list[Path] = []
+        self._loopback = _loopback_counters(Path(f"/proc/{session.init_pid}/net"))
 
     @classmethod
     async def start(cls, sandbox: Sandbox, workspace: Workspace, network: bool) -> Box:
@@ -164,13 +172,32 @@ class Box:
         if not reusable:
             return False
         try:
-            await asyncio.to_thread(self._empty)
+            renewed = await asyncio.to_thread(self._renew)
         except Exception:
             # Whatever went wrong, the box may hold what it should not: it is freed.
             log.warning("box_reset_failed", exc_info=True)
             return False
-        self.uses += 1
+        if renewed:
+            self.uses += 1
+        return renewed
+
+    def _renew(self) -> bool:
+        """Empties the box for the next execution; False when it must not be reused."""
+        if self._network_used():
+            return False
+        self._empty()
         return True
+
+    def _network_used(self) -> bool:
+        """Whether the execution left a trace in the box's network namespace, which
+        cannot be reset: a unix socket (an abstract one that a cycle of SCM_RIGHTS
+        keeps alive until the kernel's collector runs, reachable by name) or traffic
+        on the loopback (its counters only grow). Programs rarely use either."""
+        net = Path(f"/proc/{self.session.init_pid}/net")
+        with open(net / "unix") as unix:
+            if len(unix.readlines()) > 1:  # more than the header
+                return True
+        return _loopback_counters(net) != self._loopback
 
     def _inside(self, path: str) -> str:
         """The host's path to ``path`` (absolute) in the box's own mount namespace."""
@@ -197,3 +224,12 @@ class Box:
             with contextlib.suppress(OSError):
                 d.rmdir()
         self._stale.clear()
+
+
+def _loopback_counters(net: Path) -> list[str]:
+    """The loopback's traffic counters, from a network namespace's /proc/net."""
+    for line in (net / "dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo":
+            return counters.split()
+    return []
