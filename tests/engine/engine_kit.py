@@ -223,7 +223,7 @@ class HostGuard:
             pids.update(box.session.cgroup.pids())
             pids.add(box.session.proc.pid)
             cgroups.update(d.name for d in box.session.cgroup.dirs)
-            workspaces.add(box.workspace.path.name)
+            workspaces.update({box.workspace.path.name, box.workspace.scratch.name})
         return pids, cgroups, workspaces
 
     def _leftovers(self) -> list[str]:

@@ -164,3 +164,29 @@ async def test_loopback_traffic_retires_the_box(one_box: Runner, reuse_host: Hos
     looked = await execute(one_box, "python", READ_LOOPBACK)
     assert stdout(looked) == "['0', '0']\n", describe(looked)
     await reuse_host.check()
+
+
+FILL_WITH_INODES = """
+import errno, json, os
+made = {}
+for place in ("/box", "/tmp", "/dev/shm"):
+    made[place] = 0
+    try:
+        while made[place] < 20_000:
+            os.mkdir(f"{place}/{made[place]}")
+            made[place] += 1
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+print(json.dumps(made))
+"""
+
+
+async def test_the_writable_dirs_have_an_inode_cap(one_box: Runner, reuse_host: HostGuard) -> None:
+    box = await the_box(one_box)
+    # 16 MiB of disk: 4096 inodes (Workspace.INODES_PER_MB, MIN_INODES) in /box, and as
+    # many in the scratch tmpfs that holds /tmp and /dev/shm.
+    filled = await execute(one_box, "python", FILL_WITH_INODES, limits={"disk_mb": 16})
+    made = json.loads(stdout(filled))
+    assert 4000 < made["/box"] < 4096 and made["/tmp"] + made["/dev/shm"] < 4096, made
+    assert await the_box(one_box) is box
+    await reuse_host.check()

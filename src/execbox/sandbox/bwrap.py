@@ -7,13 +7,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from execbox.sandbox.workspace import PRIVATE_DIRS
+
 INSIDE_UID = 1000
 INSIDE_GID = 1000
 WORKDIR = "/box"
 INIT_PATH = "/.execbox-init"
-# Writable places besides the workspace, each a tmpfs of the sandbox's own (a reused
+# Writable places besides the workspace, in the workspace's scratch tmpfs (a reused
 # box empties them between executions, see box.py).
-PRIVATE_TMPFS = ("/tmp", "/dev/shm")
+PRIVATE_TMPFS = tuple(PRIVATE_DIRS)
 
 # Top-level system directories the toolchains live in (read-only).
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -71,9 +73,10 @@ def write_etc(etc_dir: Path) -> None:
 
 
 def bwrap_options(
-    bwrap: str, view: FsView, workspace: Path, *, network: bool, seccomp_fd: int
+    bwrap: str, view: FsView, workspace: Path, scratch: Path, *, network: bool, seccomp_fd: int
 ) -> list[str]:
-    """bwrap and its options, up to the command (execbox-init serving)."""
+    """bwrap and its options, up to the command (execbox-init serving); ``scratch``
+    holds the sandbox's /tmp and /dev/shm."""
     args = [
         bwrap,
         "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
@@ -97,7 +100,8 @@ def bwrap_options(
     args += [
         "--proc", "/proc",
         "--dev", "/dev",
-        *(arg for path in PRIVATE_TMPFS for arg in ("--tmpfs", path)),
+        *(arg for inside, name in PRIVATE_DIRS.items()
+          for arg in ("--bind", str(scratch / name), inside)),
         "--bind", str(workspace), WORKDIR,
         "--ro-bind", str(view.init_binary), INIT_PATH,
         "--remount-ro", "/",

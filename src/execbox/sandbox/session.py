@@ -293,8 +293,8 @@ class Session:
         argv = [
             str(sandbox.view.init_binary), "enter",
             str(settings.sandbox_uid), str(settings.sandbox_gid), *cgroup.procs_files, "--",
-            *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, network=network,
-                           seccomp_fd=SECCOMP_FD),
+            *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, workspace.scratch,
+                           network=network, seccomp_fd=SECCOMP_FD),
             "--", INIT_PATH, "serve", str(CONTROL_FD), *(["exclusive"] if exclusive else []),
         ]  # fmt: skip
         try:

@@ -1,6 +1,8 @@
 """A sandbox's private workspace, and the host's only way to touch files in it.
 
-The workspace is a size-capped tmpfs owned by the sandbox uid. Everything the
+The workspace is a size- and inode-capped tmpfs owned by the sandbox uid; beside it,
+a second one, capped alike, holds the sandbox's /tmp and /dev/shm (bwrap's own
+--tmpfs takes no inode cap, and files there cost the host as much). Everything the
 host does inside it goes through directory file descriptors, one path component
 at a time, with O_NOFOLLOW: a symlink, FIFO or device planted by the program is
 never followed or opened (Judge0's CVE-2024-28185/28189 were the host following
@@ -34,6 +36,11 @@ WORKSPACE_MODE = 0o700
 # every listing and reset of the workspace slow.
 INODES_PER_MB = 256
 MIN_INODES = 4096
+# The private directories of a sandbox besides /box: where each lives in the scratch
+# tmpfs, beside the workspace's (the mount's name plus SCRATCH_SUFFIX).
+PRIVATE_DIRS = {"/tmp": "tmp", "/dev/shm": "shm"}
+SCRATCH_SUFFIX = ".scratch"
+PRIVATE_DIR_MODE = 0o755
 # The inode flags ioctls (chattr); the kernel reads and writes an int.
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
@@ -84,19 +91,25 @@ class Workspace:
 
     def __init__(self, path: Path, uid: int, gid: int, size_mb: int) -> None:
         self.path = path
+        self.scratch = path.with_name(path.name + SCRATCH_SUFFIX)
         self.uid = uid
         self.gid = gid
         self.size_mb = size_mb
 
     @classmethod
     def create(cls, path: Path, uid: int, gid: int, size_mb: int) -> Workspace:
-        path.mkdir(mode=0o700)
+        workspace = cls(path, uid, gid, size_mb)
         try:
-            _mount_tmpfs(path, cls._options(uid, gid, size_mb))
-        except SandboxError:
-            path.rmdir()
+            for mount in (workspace.path, workspace.scratch):
+                mount.mkdir(mode=0o700)
+                _mount_tmpfs(mount, cls._options(uid, gid, size_mb))
+            for name in PRIVATE_DIRS.values():
+                (workspace.scratch / name).mkdir(mode=PRIVATE_DIR_MODE)
+                os.chown(workspace.scratch / name, uid, gid)
+        except BaseException:
+            workspace.destroy()
             raise
-        return cls(path, uid, gid, size_mb)
+        return workspace
 
     @staticmethod
     def _options(uid: int, gid: int, size_mb: int) -> str:
@@ -105,7 +118,8 @@ class Workspace:
 
     def resize(self, size_mb: int) -> None:
         if size_mb != self.size_mb:
-            _mount_tmpfs(self.path, self._options(self.uid, self.gid, size_mb), MS_REMOUNT)
+            for mount in (self.path, self.scratch):
+                _mount_tmpfs(mount, self._options(self.uid, self.gid, size_mb), MS_REMOUNT)
             self.size_mb = size_mb
 
     def clear(self) -> None:
@@ -114,9 +128,10 @@ class Workspace:
             restore_dir(fd, WORKSPACE_MODE)
 
     def destroy(self) -> None:
-        _libc.umount2(os.fsencode(self.path), MNT_DETACH)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.rmdir()
+        for mount in (self.path, self.scratch):
+            _libc.umount2(os.fsencode(mount), MNT_DETACH)
+            with contextlib.suppress(FileNotFoundError):
+                mount.rmdir()
 
     # -- confined access -------------------------------------------------
 
