@@ -13,7 +13,8 @@ reset or shut:
   executions and restores their mode, extended attributes, inode flags and times
   (through directory fds, following no link, however deep the tree);
 - the network namespace (which nothing can reset): a box whose execution left a unix
-  socket in it, or traffic on its loopback, is not reused;
+  socket in it, or moved its counters (loopback traffic, packets with no route), is
+  not reused;
 - accounting and limits: every command runs in a fresh cgroup of its own (on v1, a
   fresh memory cgroup; the other hierarchies' counters are reset), into which the
   box's bwrap and init move before it starts. The first move into a new memory
@@ -65,6 +66,8 @@ log = structlog.get_logger(__name__)
 # objects charged to its namespaces), and on the age of its view of the host.
 MAX_USES = 500
 MAX_AGE_S = 300.0
+# The files of /proc/net whose counters move with any use of the network.
+NETWORK_COUNTERS = ("dev", "snmp", "snmp6")
 
 
 class Box:
@@ -83,7 +86,7 @@ class Box:
         self._cgroup_used = False
         # Cgroup directories of earlier commands that could not be removed at once.
         self._stale: list[Path] = []
-        self._loopback = _loopback_counters(Path(f"/proc/{session.init_pid}/net"))
+        self._network_counters = _network_counters(Path(f"/proc/{session.init_pid}/net"))
 
     @classmethod
     async def start(cls, sandbox: Sandbox, workspace: Workspace, network: bool) -> Box:
@@ -191,13 +194,13 @@ class Box:
     def _network_used(self) -> bool:
         """Whether the execution left a trace in the box's network namespace, which
         cannot be reset: a unix socket (an abstract one that a cycle of SCM_RIGHTS
-        keeps alive until the kernel's collector runs, reachable by name) or traffic
-        on the loopback (its counters only grow). Programs rarely use either."""
+        keeps alive until the kernel's collector runs, reachable by name) or moved
+        counters (loopback traffic, packets with no route). Programs rarely do either."""
         net = Path(f"/proc/{self.session.init_pid}/net")
         with open(net / "unix") as unix:
             if len(unix.readlines()) > 1:  # more than the header
                 return True
-        return _loopback_counters(net) != self._loopback
+        return _network_counters(net) != self._network_counters
 
     def _inside(self, path: str) -> str:
         """The host's path to ``path`` (absolute) in the box's own mount namespace."""
@@ -226,10 +229,13 @@ class Box:
         self._stale.clear()
 
 
-def _loopback_counters(net: Path) -> list[str]:
-    """The loopback's traffic counters, from a network namespace's /proc/net."""
-    for line in (net / "dev").read_text().splitlines():
-        name, _, counters = line.partition(":")
-        if name.strip() == "lo":
-            return counters.split()
-    return []
+def _network_counters(net: Path) -> list[str]:
+    """A network namespace's counters (from its /proc/net), which only grow: its
+    interfaces' traffic and the IP statistics (IPv6's when the host has it)."""
+    texts = []
+    for name in NETWORK_COUNTERS:
+        try:
+            texts.append((net / name).read_text())
+        except FileNotFoundError:
+            texts.append("")
+    return texts
