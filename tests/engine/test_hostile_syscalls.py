@@ -69,3 +69,27 @@ async def test_only_the_needed_socket_families_can_be_created(
     for name in DENIED:
         assert got[name] == (errno.EAFNOSUPPORT, errno.EAFNOSUPPORT), (name, got)
     await host.check()
+
+
+AIO_C = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int main(void) {
+    unsigned long ctx = 0;
+    long rc = syscall(SYS_io_setup, 65536, &ctx);
+    printf("%ld %d\n", rc, rc < 0 ? errno : 0);
+    return 0;
+}
+"""
+
+
+async def test_kernel_aio_contexts_counted_host_wide_cannot_be_taken(
+    runner: Runner, host: HostGuard
+) -> None:
+    """fs.aio-max-nr is one pool for the whole host: all of it in one io_setup()."""
+    result = await execute(runner, "c", AIO_C)
+    assert stdout(result) == f"-1 {errno.ENOSYS}\n", describe(result)
+    await host.check()

@@ -52,6 +52,9 @@ DENIED = (
 )  # fmt: skip
 
 
+AIO = ("io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents")
+
+
 @lru_cache(maxsize=1)
 def filter_bpf() -> bytes:
     """The compiled filter, as BPF bytes."""
@@ -69,6 +72,11 @@ def filter_bpf() -> bytes:
     f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
     # clone3 passes flags in memory a filter cannot read: ENOSYS makes libc use clone.
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    # Kernel AIO contexts are counted host-wide (fs.aio-max-nr): one program could take
+    # them all from every other sandbox and the host. ENOSYS: its users (libaio,
+    # databases) fall back to threads, as they do where the kernel has no AIO.
+    for name in AIO:
+        f.add_rule(sc.ERRNO(errno.ENOSYS), name)
     # libseccomp cannot say "none of these", so each other family is denied by name,
     # and every larger value (high bits included) at once.
     for call in ("socket", "socketpair"):
