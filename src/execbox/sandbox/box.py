@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from execbox.sandbox.bwrap import PRIVATE_TMPFS
 from execbox.sandbox.command import (
     SANDBOX_OWN_PROCESSES,
     Command,
@@ -55,7 +54,7 @@ from execbox.sandbox.command import (
 from execbox.sandbox.errors import SandboxError
 from execbox.sandbox.names import owned_name
 from execbox.sandbox.session import Session
-from execbox.sandbox.workspace import DIR_FLAGS, Workspace, restore_dir
+from execbox.sandbox.workspace import DIR_FLAGS, PRIVATE_DIRS, Workspace, restore_dir
 
 if TYPE_CHECKING:
     from execbox.sandbox.engine import Sandbox
@@ -78,7 +77,7 @@ class Box:
         self.session = session
         # The mode each private directory had when the box started.
         self._modes = {
-            inside: stat.S_IMODE(os.stat(self._inside(inside)).st_mode) for inside in PRIVATE_TMPFS
+            inside: stat.S_IMODE(os.stat(self._inside(inside)).st_mode) for inside in PRIVATE_DIRS
         }
         self.uses = 0
         self.started_at = time.monotonic()

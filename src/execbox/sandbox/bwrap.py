@@ -13,10 +13,6 @@ INSIDE_UID = 1000
 INSIDE_GID = 1000
 WORKDIR = "/box"
 INIT_PATH = "/.execbox-init"
-# Writable places besides the workspace, in the workspace's scratch tmpfs (a reused
-# box empties them between executions, see box.py).
-PRIVATE_TMPFS = tuple(PRIVATE_DIRS)
-
 # Top-level system directories the toolchains live in (read-only).
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # The few /etc entries that programs and runtimes read; never the whole /etc.
@@ -100,6 +96,8 @@ def bwrap_options(
     args += [
         "--proc", "/proc",
         "--dev", "/dev",
+        # Writable besides the workspace, in its scratch tmpfs (a reused box empties
+        # them between executions, see box.py).
         *(arg for inside, name in PRIVATE_DIRS.items()
           for arg in ("--bind", str(scratch / name), inside)),
         "--bind", str(workspace), WORKDIR,

@@ -285,7 +285,8 @@ def empty_dir(fd: int) -> None:
     deeper than Python may recurse, or than a process may hold descriptors): one
     directory is open at a time, left for a subdirectory and come back to through
     "..", which must then be the very directory left (a program moving directories
-    meanwhile makes the removal fail, never reach outside the tree).
+    meanwhile makes the removal fail with WorkspacePathError, never reach outside
+    the tree).
     """
     cur = os.dup(fd)
     try:
@@ -307,7 +308,9 @@ def empty_dir(fd: int) -> None:
                 here = os.fstat(cur)
                 expected = levels[-1].stat
                 if (here.st_dev, here.st_ino) != (expected.st_dev, expected.st_ino):
-                    raise OSError(errno.ESTALE, "a directory moved while its tree was removed")
+                    raise WorkspacePathError(
+                        "a directory moved while its tree was being removed: try again"
+                    )
                 os.rmdir(level.name, dir_fd=cur)
     finally:
         os.close(cur)
