@@ -16,6 +16,7 @@ from typing import IO, Any
 from execbox.config import Settings
 from execbox.models import ExecutionRequest, ExecutionResult, Stage
 from execbox.runner import Runner
+from execbox.sandbox.box import Box
 from execbox.sandbox.uids import CLAIMS_DIR, uids_in_use
 
 # Each runner or server of a test session runs its sandboxes as a block of uids of its
@@ -154,6 +155,20 @@ def json_lines(text: str) -> dict[str, Any]:
     assert lines, f"no output: {text!r}"
     value: dict[str, Any] = json.loads(lines[-1])
     return value
+
+
+async def resets_done(runner: Runner) -> None:
+    """Waits for the resets (and frees) of boxes whose executions ended."""
+    while runner.sandbox._cleanups:
+        await asyncio.gather(*list(runner.sandbox._cleanups))
+
+
+async def the_box(runner: Runner) -> Box:
+    """The pool's one idle box (of a pool of one), once the last execution's reset is done."""
+    await resets_done(runner)
+    idle = list(runner.sandbox._idle)
+    assert len(idle) == 1, idle
+    return idle[0]
 
 
 # -- the host ---------------------------------------------------------------
@@ -320,7 +335,7 @@ class HostGuard:
             pids.update(box.session.cgroup.pids())
             pids.add(box.session.proc.pid)
             cgroups.update(d.name for d in box.session.cgroup.dirs)
-            mounts.add(box.workspace.path.name)
+            mounts.update({box.workspace.path.name, box.workspace.scratch.name})
             if box.session.ptys is not None:
                 mounts.add(box.session.ptys.name)
             uids.add(box.workspace.uid)
