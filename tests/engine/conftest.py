@@ -101,3 +101,20 @@ async def host(runner: Runner) -> HostGuard:
     guard = HostGuard(runner)
     await guard.snapshot()
     return guard
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def one_box(settings: Settings) -> AsyncIterator[Runner]:
+    """A runner whose pool holds a single box (the session's runner keeps its own), so
+    that an execution provably runs in the box the one before it used."""
+    single = await Runner.create(settings.model_copy(update={"warm_pool_size": 1}))
+    yield single
+    await single.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def reuse_host(runner: Runner, one_box: Runner) -> HostGuard:
+    """The host guard, aware of both runners' idle boxes."""
+    guard = HostGuard(runner, one_box)
+    await guard.snapshot()
+    return guard

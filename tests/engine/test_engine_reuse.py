@@ -6,43 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
-from execbox.config import Settings
-from execbox.engine.box import Box
 from execbox.models import Verdict
 from execbox.runner import Runner
-from kit.host import HostGuard
+from kit.host import HostGuard, the_box
 from kit.results import describe, execute, run_stage, stdout
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def one_box(settings: Settings) -> AsyncIterator[Runner]:
-    """A runner whose pool holds a single box (the session's runner keeps its own)."""
-    single = await Runner.create(settings.model_copy(update={"warm_pool_size": 1}))
-    yield single
-    await single.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def host(runner: Runner, one_box: Runner) -> HostGuard:
-    """The host guard, aware of both runners' idle boxes."""
-    guard = HostGuard(runner, one_box)
-    await guard.snapshot()
-    return guard
-
-
-async def the_box(runner: Runner) -> Box:
-    """The pool's one idle box, once the last execution's reset is done."""
-    while runner.sandbox._cleanups:
-        await asyncio.gather(*list(runner.sandbox._cleanups))
-    idle = list(runner.sandbox._idle)
-    assert len(idle) == 1, idle
-    return idle[0]
-
 
 LEAVE_EVERYTHING = r"""
 echo left > /box/left.txt; mkdir -p /box/d/e; chmod 000 /box/d
@@ -100,7 +70,7 @@ print(json.dumps(found))
 
 
 async def test_the_next_execution_in_a_box_finds_nothing_of_the_last(
-    one_box: Runner, host: HostGuard
+    one_box: Runner, reuse_host: HostGuard
 ) -> None:
     box = await the_box(one_box)
     left = await execute(one_box, "bash", LEAVE_EVERYTHING, limits={"wall_time_s": 10})
@@ -120,7 +90,7 @@ async def test_the_next_execution_in_a_box_finds_nothing_of_the_last(
     assert found["tmp"] == found["shm"] == found["sysvipc"] == [], found
     assert found["processes"] == sorted({1, found["me"]}), found  # init and itself
     assert found["abstract_socket"] is None, found
-    await host.check()
+    await reuse_host.check()
 
 
 async def test_a_reused_box_accounts_each_command_alone(one_box: Runner) -> None:
@@ -137,7 +107,7 @@ async def test_a_reused_box_accounts_each_command_alone(one_box: Runner) -> None
 
 
 async def test_a_killed_command_leaves_its_box_clean_for_the_next(
-    one_box: Runner, host: HostGuard
+    one_box: Runner, reuse_host: HostGuard
 ) -> None:
     box = await the_box(one_box)
     code = "setsid sleep 1000 & nohup sleep 1000 & sleep 1000"
@@ -147,10 +117,12 @@ async def test_a_killed_command_leaves_its_box_clean_for_the_next(
     looked = await execute(one_box, "python", LOOK_FOR_ANYTHING_LEFT)
     found = json.loads(stdout(looked))
     assert found["processes"] == sorted({1, found["me"]}), found
-    await host.check()
+    await reuse_host.check()
 
 
-async def test_a_cancelled_execution_retires_its_box(one_box: Runner, host: HostGuard) -> None:
+async def test_a_cancelled_execution_retires_its_box(
+    one_box: Runner, reuse_host: HostGuard
+) -> None:
     box = await the_box(one_box)
     running = asyncio.create_task(execute(one_box, "bash", "sleep 1000"))
     await asyncio.sleep(0.5)
@@ -161,4 +133,4 @@ async def test_a_cancelled_execution_retires_its_box(one_box: Runner, host: Host
     ok = await execute(one_box, "bash", "echo fresh")
     assert stdout(ok) == "fresh\n", describe(ok)
     assert await the_box(one_box) is not box
-    await host.check()
+    await reuse_host.check()

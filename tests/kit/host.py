@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from execbox.config import Settings
+from execbox.engine.box import Box
 from execbox.engine.uids import CLAIMS_DIR, uids_in_use
 from execbox.runner import Runner
 
@@ -103,6 +104,19 @@ PER_USER_PROBE_OK = {
 
 
 # -- the host ---------------------------------------------------------------
+
+
+async def resets_done(runner: Runner) -> None:
+    """Waits for the resets (and frees) of boxes whose executions ended."""
+    await runner.sandbox.settle()
+
+
+async def the_box(runner: Runner) -> Box:
+    """The pool's one idle box (of a pool of one), once the last execution's reset is done."""
+    await resets_done(runner)
+    idle = runner.sandbox.idle_boxes
+    assert len(idle) == 1, idle
+    return idle[0]
 
 
 def _status(pid: str) -> dict[str, str]:
@@ -230,9 +244,7 @@ async def settled(
     deadline = loop.time() + patience_s
     while True:
         await runner.sandbox.warm_up()
-        cleanups = list(getattr(runner.sandbox, "_cleanups", ()))
-        if cleanups:
-            await asyncio.gather(*cleanups, return_exceptions=True)
+        await runner.sandbox.settle()
         found = problems()
         if not found or loop.time() > deadline:
             return found
@@ -262,11 +274,11 @@ class HostGuard:
         cgroups: set[str] = set()
         mounts: set[str] = set()
         uids: set[int] = set()
-        for box in (box for r in self.runners for box in list(r.sandbox._idle)):
+        for box in (box for r in self.runners for box in r.sandbox.idle_boxes):
             pids.update(box.session.cgroup.pids())
             pids.add(box.session.proc.pid)
             cgroups.update(d.name for d in box.session.cgroup.dirs)
-            mounts.add(box.workspace.path.name)
+            mounts.update({box.workspace.path.name, box.workspace.scratch.name})
             if box.session.ptys is not None:
                 mounts.add(box.session.ptys.name)
             uids.add(box.workspace.uid)

@@ -25,23 +25,30 @@ const els = {
   filename: $("filename"),
 };
 
-// localStorage may be unavailable (private modes); the playground works without it.
-const saved = {
-  get(key) {
-    try {
-      return localStorage.getItem(`execbox.${key}`);
-    } catch {
-      return null;
-    }
-  },
-  set(key, value) {
-    try {
-      localStorage.setItem(`execbox.${key}`, value);
-    } catch {
-      /* not kept: fine */
-    }
-  },
-};
+// Storage may be unavailable (private modes); the playground works without it.
+function keptIn(storage) {
+  return {
+    get(key) {
+      try {
+        return storage().getItem(`execbox.${key}`);
+      } catch {
+        return null;
+      }
+    },
+    set(key, value) {
+      try {
+        storage().setItem(`execbox.${key}`, value);
+      } catch {
+        /* not kept: fine */
+      }
+    },
+  };
+}
+const saved = keptIn(() => localStorage);
+// The API key lives only as long as this tab: pages of this origin in other tabs or
+// later visits cannot find it. (A path-form preview, even in this tab, runs in an
+// opaque origin: the server sends it `Content-Security-Policy: sandbox`.)
+const secret = keptIn(() => sessionStorage);
 
 let languages = [];
 let current = saved.get("language") || "python";
@@ -160,14 +167,14 @@ term.onData((data) => {
 // -- running -------------------------------------------------------------------------
 
 function authHeaders() {
-  const key = saved.get("apiKey");
+  const key = secret.get("apiKey");
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
 function socketUrl() {
   const url = new URL("/v1/executions/interactive", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  const key = saved.get("apiKey");
+  const key = secret.get("apiKey");
   if (key) url.searchParams.set("api_key", key); // browsers cannot set WS headers
   return url;
 }
@@ -313,7 +320,7 @@ els.sample.addEventListener("click", () => setCode(SAMPLES[current] ?? ""));
 els.run.addEventListener("click", run);
 els.stop.addEventListener("click", stop);
 els.apikey.addEventListener("change", () => {
-  saved.set("apiKey", els.apikey.value.trim());
+  secret.set("apiKey", els.apikey.value.trim());
   els.apikey.hidden = true;
   loadLanguages();
 });

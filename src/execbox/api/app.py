@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from execbox import playground
-from execbox.api import executions, interactive, sandboxes, system, workers
+from execbox.api import executions, interactive, previews, sandboxes, system, workers
 from execbox.api.middleware import (
     BodyLimit,
     RequestContext,
@@ -22,6 +22,7 @@ from execbox.api.middleware import (
 )
 from execbox.api.problems import install_problem_handlers, use_problem_media_type
 from execbox.config import Settings
+from execbox.sandboxes.settings import SandboxSettings
 from execbox.wiring import Services
 
 
@@ -50,15 +51,23 @@ def create_app(settings: Settings, extra_hosts: Iterable[str] = ()) -> FastAPI:
     app.include_router(workers.router)
     app.include_router(interactive.router)
     app.include_router(sandboxes.router)
+    app.include_router(previews.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.static_files(), name="playground")
     install_problem_handlers(app)
     # Outermost last: CORS answers preflights before anything else runs.
+    # Preview hosts are the apps' whatever the path: no route of the API is reached
+    # there (inside the body cap and the request log, like the path form).
+    preview_domain = SandboxSettings().preview_domain
+    app.add_middleware(previews.PreviewHosts, domain=preview_domain)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_kb << 10, exempt=sandboxes.STREAMED_UPLOADS
     )
     app.add_middleware(WebSocketOrigins, allowed_origins=settings.cors_origin_list)
-    app.add_middleware(TrustedHosts, allowed_hosts=trusted_hosts(settings, extra_hosts))
+    preview_hosts = [f"*.{preview_domain}"] if preview_domain else []
+    app.add_middleware(
+        TrustedHosts, allowed_hosts=trusted_hosts(settings, [*extra_hosts, *preview_hosts])
+    )
     app.add_middleware(RequestContext)
     if settings.cors_origin_list:
         app.add_middleware(

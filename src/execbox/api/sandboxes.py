@@ -1,25 +1,20 @@
-"""Persistent sandboxes over HTTP: lifecycle, files, commands, builds and the preview
-proxy (HTTP and WebSocket) to servers listening inside a sandbox. Thin: the work is
-in execbox.sandboxes."""
+"""Persistent sandboxes over HTTP: lifecycle, files, commands and builds (their preview
+proxy is execbox.api.previews). Thin: the work is in execbox.sandboxes."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
 import errno
-import hmac
 import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import parse_qsl, unquote
 
-import httpcore
-import websockets
 from fastapi import (
     APIRouter,
     Body,
@@ -30,20 +25,16 @@ from fastapi import (
     Query,
     Request,
     Response,
-    WebSocket,
 )
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.background import BackgroundTask
-from starlette.requests import HTTPConnection
-from starlette.websockets import WebSocketDisconnect
 
-from execbox.api.auth import authenticate, require_api_key
+from execbox.api.auth import require_api_key
 from execbox.api.problems import ProblemError, problem_responses
 from execbox.engine import SandboxBusy, WorkspacePathError
 from execbox.engine.workspace import WorkspaceNameTooLong, split_path
-from execbox.sandboxes.builds import BuildNotFound, Builds
+from execbox.sandboxes.builds import BuildNotFound, Builds, public_preview_url
 from execbox.sandboxes.eventlog import EventLog
 from execbox.sandboxes.schemas import (
     BuildCreate,
@@ -61,7 +52,6 @@ from execbox.sandboxes.service import (
     CommandNotFound,
     FileTooLarge,
     InvalidSandboxRequest,
-    LiveSandbox,
     SandboxElsewhere,
     SandboxGone,
     SandboxNotFound,
@@ -71,14 +61,6 @@ from execbox.sandboxes.service import (
 )
 from execbox.wiring import Services
 
-# Headers that belong to one hop (RFC 9110 §7.6.1), and the caller's credentials for
-# execbox, which the sandbox must never see.
-HOP_BY_HOP = {
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"authorization", b"x-api-key",
-}  # fmt: skip
-PREVIEW_TIMEOUTS = {"connect": 10.0, "read": 300.0, "write": 60.0, "pool": 30.0}
-WS_MAX_MESSAGE = 16 << 20
 BINARY = {"type": "string", "format": "binary"}
 MAX_LISTED = 1000  # directory entries per page of a listing
 # File uploads stream to the workspace under their own caps, not the JSON body cap.
@@ -175,11 +157,15 @@ def get_sandboxes(request: Request) -> SandboxService:
 SandboxesDep = Annotated[SandboxService, Depends(get_sandboxes)]
 
 
+def _preview_url(request: Request, path: str) -> str:
+    """A preview path as an absolute URL of this server, as the caller reached it."""
+    domain = request.app.state.sandboxes.config.preview_domain
+    return public_preview_url(path, str(request.base_url), domain)
+
+
 def _public(request: Request, info: Any) -> Any:
-    """Preview paths as absolute URLs of this server, as the caller reached it."""
     if getattr(info, "preview_url", None):
-        base = str(request.base_url).rstrip("/")
-        return info.model_copy(update={"preview_url": base + info.preview_url})
+        return info.model_copy(update={"preview_url": _preview_url(request, info.preview_url)})
     return info
 
 
@@ -402,11 +388,10 @@ LastEventId = Annotated[
 
 
 async def _sse(events: EventLog, after: int, request: Request) -> AsyncIterator[ServerSentEvent]:
-    base = str(request.base_url).rstrip("/")
     async for event in events.follow(after):
         data = event.data
         if str(data.get("preview_url") or "").startswith("/"):
-            data = {**data, "preview_url": base + data["preview_url"]}
+            data = {**data, "preview_url": _preview_url(request, data["preview_url"])}
         yield ServerSentEvent(data=json.dumps(data), event=event.kind, id=str(event.seq))
 
 
@@ -538,178 +523,4 @@ async def build_events(
     )
 
 
-# -- preview -------------------------------------------------------------------------------
-
-# Browsers cannot send an API key with a page load: a sandbox's preview token opens
-# its preview once in the query, and then rides in a cookie scoped to the sandbox.
-TOKEN_PARAM = "execbox_preview_token"
-COOKIE = "execbox_preview"
-
-previews = APIRouter(
-    prefix="/v1/sandboxes",
-    route_class=_SandboxRoute,
-    responses=problem_responses(401, 404, 409, 410, 422, 502, 504),
-)
-
-
-async def _preview_live(connection: HTTPConnection, sandbox_id: str) -> tuple[LiveSandbox, bool]:
-    """The sandbox, if the caller may reach it: an API key, its preview token in the
-    query (True: the answer sets the cookie) or the cookie."""
-    sandboxes: SandboxService = connection.app.state.sandboxes
-    settings = connection.app.state.settings
-    try:
-        live = await sandboxes.live(sandbox_id)
-    except Exception:
-        # Whether a sandbox exists is for key holders only.
-        authenticate(connection, settings.api_key_list)
-        raise
-    token = live.info.preview_token
-    if hmac.compare_digest(connection.query_params.get(TOKEN_PARAM, ""), token):
-        return live, True
-    if hmac.compare_digest(connection.cookies.get(COOKIE, ""), token):
-        return live, False
-    authenticate(connection, settings.api_key_list)
-    return live, False
-
-
-def _upstream_query(connection: HTTPConnection) -> str:
-    """The query for the app: ours (the token) taken out, the rest as it came."""
-    query = connection.url.query
-    if TOKEN_PARAM not in connection.query_params:
-        return query
-    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != TOKEN_PARAM]
-    return urlencode(kept)
-
-
-def _upstream_headers(request: Request) -> list[tuple[bytes, bytes]]:
-    headers = []
-    for name, value in request.headers.raw:
-        if name == b"cookie":
-            # Our cookie is for execbox, not for the app.
-            value = "; ".join(
-                c for c in value.decode("latin-1").split("; ") if not c.startswith(COOKIE + "=")
-            ).encode("latin-1")
-        if name not in HOP_BY_HOP and value:
-            headers.append((name, value))
-    return headers
-
-
-@previews.api_route(
-    "/{sandbox_id}/ports/{port}/{path:path}",
-    methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-    response_class=Response,
-)
-async def preview(
-    sandbox_id: SandboxId, port: Port, path: str, request: Request, sandboxes: SandboxesDep
-) -> Response:
-    """Forwards to the server listening on `port` inside the sandbox (its own
-    127.0.0.1; the sandbox itself still has no network). Needs an API key, or the
-    sandbox's `preview_token` (as `?execbox_preview_token=`, then its cookie)."""
-    live, set_cookie = await _preview_live(request, sandbox_id)
-    query = _upstream_query(request)
-    target = "/" + path + (f"?{query}" if query else "")
-    prefix = f"/v1/sandboxes/{sandbox_id}/ports/{port}"
-    headers = [
-        *_upstream_headers(request),
-        (b"host", f"127.0.0.1:{port}".encode()),
-        (b"x-forwarded-prefix", prefix.encode()),
-        (b"x-forwarded-host", request.headers.get("host", "").encode()),
-        (b"x-forwarded-proto", request.url.scheme.encode()),
-    ]
-    upstream = httpcore.Request(
-        request.method,
-        httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=port, target=target.encode()),
-        headers=headers,
-        content=request.stream(),
-        extensions={"timeout": PREVIEW_TIMEOUTS},
-    )
-    try:
-        answer = await sandboxes.preview_pool(live).handle_async_request(upstream)
-    except httpcore.ConnectError as exc:
-        raise ProblemError(
-            502, f"nothing listens on port {port} in sandbox {sandbox_id}: start a server on "
-            "127.0.0.1 or 0.0.0.0 there",
-        ) from exc  # fmt: skip
-    except httpcore.TimeoutException as exc:
-        raise ProblemError(504, f"port {port} in sandbox {sandbox_id} did not answer") from exc
-    except httpcore.ProtocolError as exc:
-        raise ProblemError(502, f"port {port} answered with invalid HTTP: {exc}") from exc
-    response = StreamingResponse(
-        answer.aiter_stream(),
-        status_code=answer.status,
-        headers={
-            k.decode("latin-1"): v.decode("latin-1")
-            for k, v in answer.headers
-            if k.lower() not in HOP_BY_HOP
-        },
-        background=BackgroundTask(answer.aclose),
-    )
-    if set_cookie:
-        response.set_cookie(
-            COOKIE, live.info.preview_token, path=f"/v1/sandboxes/{sandbox_id}/",
-            httponly=True, samesite="lax", secure=request.url.scheme == "https",
-        )  # fmt: skip
-    return response
-
-
-@router.websocket("/v1/sandboxes/{sandbox_id}/ports/{port}/{path:path}")
-async def preview_websocket(websocket: WebSocket, sandbox_id: str, port: int, path: str) -> None:
-    """Relays a WebSocket to the server on `port` inside the sandbox."""
-    sandboxes: SandboxService = websocket.app.state.sandboxes
-    try:
-        await _preview_live(websocket, sandbox_id)
-        sock = await sandboxes.open_port(sandbox_id, port)
-    except ProblemError as exc:
-        await websocket.close(code=1008, reason=exc.detail[:120])
-        return
-    except (LookupError, SandboxGone, SandboxElsewhere, OSError) as exc:
-        await websocket.close(code=1011, reason=str(exc)[:120])
-        return
-    query = _upstream_query(websocket)
-    uri = f"ws://127.0.0.1:{port}/{path}" + (f"?{query}" if query else "")
-    try:
-        async with websockets.connect(
-            uri,
-            sock=sock,
-            subprotocols=websocket.scope.get("subprotocols") or None,
-            max_size=WS_MAX_MESSAGE,
-            open_timeout=PREVIEW_TIMEOUTS["connect"],
-        ) as upstream:
-            await websocket.accept(subprotocol=upstream.subprotocol)
-            await _relay(websocket, upstream)
-    except (OSError, websockets.exceptions.WebSocketException) as exc:
-        with contextlib.suppress(RuntimeError):
-            await websocket.close(code=1011, reason=f"port {port}: {exc}"[:120])
-
-
-async def _relay(client: WebSocket, upstream: websockets.ClientConnection) -> None:
-    async def down() -> None:
-        async for message in upstream:
-            if isinstance(message, str):
-                await client.send_text(message)
-            else:
-                await client.send_bytes(message)
-
-    async def up() -> None:
-        while True:
-            message = await client.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("text") is not None:
-                await upstream.send(message["text"])
-            elif message.get("bytes") is not None:
-                await upstream.send(message["bytes"])
-
-    tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-        await client.close()
-
-
 router.include_router(http)
-router.include_router(previews)

@@ -10,14 +10,22 @@ reset or shut:
 - System V IPC: init removes every object with them; POSIX message queues are denied
   by the seccomp filter;
 - files: / and /dev are read-only; the host empties /box, /tmp and /dev/shm between
-  executions and restores their mode and extended attributes (through directory
-  fds, following no link);
+  executions and restores their mode, extended attributes, inode flags and times
+  (through directory fds, following no link, however deep the tree);
+- the network namespace (which nothing can reset): a box whose execution left a unix
+  socket in it, or moved its counters (loopback traffic, packets with no route), is
+  not reused;
 - accounting and limits: every command runs in a fresh cgroup of its own (on v1, a
   fresh memory cgroup; the other hierarchies' counters are reset), into which the
   box's bwrap and init move before it starts. The first move into a new memory
   cgroup waits for an RCU grace period (1-2 ms), so it is made when the box is reset,
   in a thread, off the next execution's path; only a second command of an execution
   waits for it.
+
+Not reset: counters that only grow, the pid namespace's last pid and the tmpfs inode
+and directory-offset numbers, tell an execution how many processes and files earlier
+ones in its box made (a narrow channel, bounded by MAX_USES and MAX_AGE_S; closing it
+would cost a new box, namespaces and mounts, per execution).
 
 A box that had network, ended, held a process it should not have, or served
 MAX_USES executions or MAX_AGE_S is not reused.
@@ -33,7 +41,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from execbox.engine.bwrap import PRIVATE_TMPFS
+import structlog
+
 from execbox.engine.command import (
     SANDBOX_OWN_PROCESSES,
     Command,
@@ -45,15 +54,19 @@ from execbox.engine.command import (
 from execbox.engine.errors import SandboxError
 from execbox.engine.names import owned_name
 from execbox.engine.session import Session
-from execbox.engine.workspace import DIR_FLAGS, Workspace, restore_dir
+from execbox.engine.workspace import DIR_FLAGS, PRIVATE_DIRS, Workspace, restore_dir
 
 if TYPE_CHECKING:
     from execbox.engine.engine import Sandbox
+
+log = structlog.get_logger(__name__)
 
 # Bounds on what slowly accumulates in a box that is reused (pid numbers, kernel
 # objects charged to its namespaces), and on the age of its view of the host.
 MAX_USES = 500
 MAX_AGE_S = 300.0
+# The files of /proc/net whose counters move with any use of the network.
+NETWORK_COUNTERS = ("dev", "snmp", "snmp6")
 
 
 class Box:
@@ -64,7 +77,7 @@ class Box:
         self.session = session
         # The mode each private directory had when the box started.
         self._modes = {
-            inside: stat.S_IMODE(os.stat(self._inside(inside)).st_mode) for inside in PRIVATE_TMPFS
+            inside: stat.S_IMODE(os.stat(self._inside(inside)).st_mode) for inside in PRIVATE_DIRS
         }
         self.uses = 0
         self.started_at = time.monotonic()
@@ -72,6 +85,7 @@ class Box:
         self._cgroup_used = False
         # Cgroup directories of earlier commands that could not be removed at once.
         self._stale: list[Path] = []
+        self._network_counters = _network_counters(Path(f"/proc/{session.init_pid}/net"))
 
     @classmethod
     async def start(cls, sandbox: Sandbox, workspace: Workspace, network: bool) -> Box:
@@ -160,11 +174,32 @@ class Box:
         if not reusable:
             return False
         try:
-            await asyncio.to_thread(self._empty)
-        except OSError:
+            renewed = await asyncio.to_thread(self._renew)
+        except Exception:
+            # Whatever went wrong, the box may hold what it should not: it is freed.
+            log.warning("box_reset_failed", exc_info=True)
             return False
-        self.uses += 1
+        if renewed:
+            self.uses += 1
+        return renewed
+
+    def _renew(self) -> bool:
+        """Empties the box for the next execution; False when it must not be reused."""
+        if self._network_used():
+            return False
+        self._empty()
         return True
+
+    def _network_used(self) -> bool:
+        """Whether the execution left a trace in the box's network namespace, which
+        cannot be reset: a unix socket (an abstract one that a cycle of SCM_RIGHTS
+        keeps alive until the kernel's collector runs, reachable by name) or moved
+        counters (loopback traffic, packets with no route). Programs rarely do either."""
+        net = Path(f"/proc/{self.session.init_pid}/net")
+        with open(net / "unix") as unix:
+            if len(unix.readlines()) > 1:  # more than the header
+                return True
+        return _network_counters(net) != self._network_counters
 
     def _inside(self, path: str) -> str:
         """The host's path to ``path`` (absolute) in the box's own mount namespace."""
@@ -191,3 +226,15 @@ class Box:
             with contextlib.suppress(OSError):
                 d.rmdir()
         self._stale.clear()
+
+
+def _network_counters(net: Path) -> list[str]:
+    """A network namespace's counters (from its /proc/net), which only grow: its
+    interfaces' traffic and the IP statistics (IPv6's when the host has it)."""
+    texts = []
+    for name in NETWORK_COUNTERS:
+        try:
+            texts.append((net / name).read_text())
+        except FileNotFoundError:
+            texts.append("")
+    return texts

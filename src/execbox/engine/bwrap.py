@@ -7,14 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from execbox.engine.workspace import PRIVATE_DIRS
+
 INSIDE_UID = 1000
 INSIDE_GID = 1000
 WORKDIR = "/box"
 INIT_PATH = "/.execbox-init"
-# Writable places besides the workspace, each a tmpfs of the sandbox's own (a reused
-# box empties them between executions, see box.py).
-PRIVATE_TMPFS = ("/tmp", "/dev/shm")
-
 # Top-level system directories the toolchains live in (read-only).
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # The few /etc entries that programs and runtimes read; never the whole /etc.
@@ -71,10 +69,17 @@ def write_etc(etc_dir: Path) -> None:
 
 
 def bwrap_options(
-    bwrap: str, view: FsView, workspace: Path, *, network: bool, seccomp_fd: int, ptys: Path
+    bwrap: str,
+    view: FsView,
+    workspace: Path,
+    scratch: Path,
+    *,
+    network: bool,
+    seccomp_fd: int,
+    ptys: Path,
 ) -> list[str]:
-    """bwrap and its options, up to the command (execbox-init serving); ``ptys`` is the
-    sandbox's own devpts instance (ptys.py)."""
+    """bwrap and its options, up to the command (execbox-init serving); ``scratch``
+    holds the sandbox's /tmp and /dev/shm, ``ptys`` is its own devpts instance (ptys.py)."""
     args = [
         bwrap,
         "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
@@ -99,7 +104,10 @@ def bwrap_options(
         "--proc", "/proc",
         "--dev", "/dev",
         "--dev-bind", str(ptys), "/dev/pts",
-        *(arg for path in PRIVATE_TMPFS for arg in ("--tmpfs", path)),
+        # Writable besides the workspace, in its scratch tmpfs (a reused box empties
+        # them between executions, see box.py).
+        *(arg for inside, name in PRIVATE_DIRS.items()
+          for arg in ("--bind", str(scratch / name), inside)),
         "--bind", str(workspace), WORKDIR,
         "--ro-bind", str(view.init_binary), INIT_PATH,
         "--remount-ro", "/",

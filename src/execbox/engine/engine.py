@@ -182,19 +182,24 @@ class Sandbox:
         return len(self._idle) + len(self._boxes) + self._returning
 
     async def _recycle(self, box: Box) -> None:
-        """Keeps a box whose workspace is done for the next one, or frees it."""
+        """Keeps a box whose workspace is done for the next one, or frees it (also when
+        its reset fails in any way: a box dropped unfreed would leak its processes,
+        mounts and cgroups)."""
+        keep = False
         try:
             keep = self._pooled() <= self.settings.warm_pool_size and await box.reset()
         finally:
             self._returning -= 1
-        if keep and not self._closed:
-            self._idle.append(box)
-        else:
-            await self._free(box)
+            if keep and not self._closed:
+                self._idle.append(box)
+            else:
+                await self._free(box)
 
     async def _free(self, box: Box) -> None:
-        await box.retire()
-        await asyncio.to_thread(box.workspace.destroy)
+        try:
+            await box.retire()
+        finally:
+            await asyncio.to_thread(box.workspace.destroy)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Cleanup that need not delay a result (resets, reaping, rmdir, umount)."""
@@ -221,6 +226,16 @@ class Sandbox:
                 log.exception("warm_pool_fill_failed")
                 return
             self._idle.append(box)
+
+    async def settle(self) -> None:
+        """Waits until the resets and frees of boxes whose executions ended are done."""
+        while self._cleanups:
+            await asyncio.gather(*list(self._cleanups))
+
+    @property
+    def idle_boxes(self) -> list[Box]:
+        """The boxes ready for the next execution."""
+        return list(self._idle)
 
     async def warm_up(self) -> None:
         """Fills the pool now (servers call this at start)."""

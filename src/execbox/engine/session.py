@@ -322,8 +322,8 @@ class Session:
         argv = [
             str(sandbox.view.init_binary), "enter",
             str(workspace.uid), str(workspace.gid), *cgroup.procs_files, "--",
-            *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, network=network,
-                           seccomp_fd=SECCOMP_FD, ptys=ptys),
+            *bwrap_options(sandbox.bwrap, sandbox.view, workspace.path, workspace.scratch,
+                           network=network, seccomp_fd=SECCOMP_FD, ptys=ptys),
             "--", INIT_PATH, "serve", str(CONTROL_FD), *(["exclusive"] if exclusive else []),
         ]  # fmt: skip
         try:

@@ -1,6 +1,8 @@
 """A sandbox's private workspace, and the host's only way to touch files in it.
 
-The workspace is a size-capped tmpfs owned by the sandbox uid. Everything the
+The workspace is a size- and inode-capped tmpfs owned by the sandbox uid; beside it,
+a second one, capped alike, holds the sandbox's /tmp and /dev/shm (bwrap's own
+--tmpfs takes no inode cap, and files there cost the host as much). Everything the
 host does inside it goes through directory file descriptors, one path component
 at a time, with O_NOFOLLOW: a symlink, FIFO or device planted by the program is
 never followed or opened (Judge0's CVE-2024-28185/28189 were the host following
@@ -9,10 +11,12 @@ such links).
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import heapq
 import os
 import stat
@@ -31,6 +35,19 @@ MAX_PATH_DEPTH = 64
 NAME_MAX = 255  # bytes in one path component (Linux)
 PATH_MAX = 4096  # bytes in a whole path, its terminating NUL included (Linux)
 WORKSPACE_MODE = 0o700
+# Inodes a workspace may hold per MiB of its size (an average of 4 KiB a file), and at
+# least: without a cap, millions of empty files cost the host kernel memory and make
+# every listing and reset of the workspace slow.
+INODES_PER_MB = 256
+MIN_INODES = 4096
+# The private directories of a sandbox besides /box: where each lives in the scratch
+# tmpfs, beside the workspace's (the mount's name plus SCRATCH_SUFFIX).
+PRIVATE_DIRS = {"/tmp": "tmp", "/dev/shm": "shm"}
+SCRATCH_SUFFIX = ".scratch"
+PRIVATE_DIR_MODE = 0o755
+# The inode flags ioctls (chattr); the kernel reads and writes an int.
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -89,6 +106,7 @@ class Workspace:
         self, path: Path, uid: int, gid: int, size_mb: int, lease: UidLease | None = None
     ) -> None:
         self.path = path
+        self.scratch = path.with_name(path.name + SCRATCH_SUFFIX)
         self.uid = uid
         self.gid = gid
         self.size_mb = size_mb
@@ -96,22 +114,30 @@ class Workspace:
 
     @classmethod
     def create(cls, path: Path, lease: UidLease, size_mb: int) -> Workspace:
-        """A new workspace owned by the lease's uid (the lease is the workspace's now)."""
-        path.mkdir(mode=0o700)
+        """A new workspace owned by the lease's uid (the lease is the workspace's now),
+        with its scratch tmpfs beside it (the sandbox's /tmp and /dev/shm)."""
+        workspace = cls(path, lease.uid, lease.gid, size_mb, lease)
         try:
-            _mount_tmpfs(path, cls._options(lease.uid, lease.gid, size_mb))
-        except SandboxError:
-            path.rmdir()
+            for mount in (workspace.path, workspace.scratch):
+                mount.mkdir(mode=0o700)
+                _mount_tmpfs(mount, cls._options(lease.uid, lease.gid, size_mb))
+            for name in PRIVATE_DIRS.values():
+                (workspace.scratch / name).mkdir(mode=PRIVATE_DIR_MODE)
+                os.chown(workspace.scratch / name, lease.uid, lease.gid)
+        except BaseException:
+            workspace.destroy()
             raise
-        return cls(path, lease.uid, lease.gid, size_mb, lease)
+        return workspace
 
     @staticmethod
     def _options(uid: int, gid: int, size_mb: int) -> str:
-        return f"size={size_mb}m,mode={WORKSPACE_MODE:o},uid={uid},gid={gid},nr_inodes=0"
+        inodes = max(MIN_INODES, size_mb * INODES_PER_MB)
+        return f"size={size_mb}m,nr_inodes={inodes},mode={WORKSPACE_MODE:o},uid={uid},gid={gid}"
 
     def resize(self, size_mb: int) -> None:
         if size_mb != self.size_mb:
-            _mount_tmpfs(self.path, self._options(self.uid, self.gid, size_mb), MS_REMOUNT)
+            for mount in (self.path, self.scratch):
+                _mount_tmpfs(mount, self._options(self.uid, self.gid, size_mb), MS_REMOUNT)
             self.size_mb = size_mb
 
     def clear(self) -> None:
@@ -120,10 +146,12 @@ class Workspace:
             restore_dir(fd, WORKSPACE_MODE)
 
     def destroy(self) -> None:
-        """Unmounts the workspace and lets go of its uid (call once nothing runs in it)."""
-        _libc.umount2(os.fsencode(self.path), MNT_DETACH)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.rmdir()
+        """Unmounts the workspace and its scratch and lets go of its uid (call once
+        nothing runs in it)."""
+        for mount in (self.path, self.scratch):
+            _libc.umount2(os.fsencode(mount), MNT_DETACH)
+            with contextlib.suppress(FileNotFoundError):
+                mount.rmdir()
         if self.lease is not None:
             self.lease.release()
             self.lease = None
@@ -216,7 +244,12 @@ class Workspace:
         with self._dir(dirs) as dfd:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                _remove_tree(dfd, name)
+                fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+                try:
+                    empty_dir(fd)
+                finally:
+                    os.close(fd)
+                os.rmdir(name, dir_fd=dfd)
             else:
                 os.unlink(name, dir_fd=dfd)
 
@@ -261,27 +294,85 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def restore_dir(fd: int, mode: int) -> None:
-    """Empties the directory open at ``fd`` and gives it back ``mode`` and no extended
-    attributes: its owner (a program) may have changed them, as a note to the next."""
+    """Empties the directory open at ``fd`` and gives it back ``mode``, no extended
+    attributes, no inode flags and fresh timestamps: its owner (a program) may have
+    changed them, as a note to the next."""
     empty_dir(fd)
     for name in os.listxattr(fd):
         os.removexattr(fd, name)
+    _clear_inode_flags(fd)
     os.fchmod(fd, mode)
+    os.utime(fd)
+
+
+def _clear_inode_flags(fd: int) -> None:
+    """Clears the inode flags an owner may set (chattr +d, +A, ...; tmpfs has them since
+    Linux 6.0, where older kernels answer ENOTTY)."""
+    flags = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+    except OSError as exc:
+        if exc.errno != errno.ENOTTY:
+            raise
+        return
+    if flags[0]:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, array.array("i", [0]))
 
 
 def empty_dir(fd: int) -> None:
-    """Removes everything in the directory open at ``fd``, following no link."""
+    """Removes everything in the directory open at ``fd``, following no link.
+
+    Iterative, whatever the depth of the tree (a program may nest directories far
+    deeper than Python may recurse, or than a process may hold descriptors): one
+    directory is open at a time, left for a subdirectory and come back to through
+    "..", which must then be the very directory left (a program moving directories
+    meanwhile makes the removal fail with WorkspacePathError, never reach outside
+    the tree).
+    """
+    cur = os.dup(fd)
+    try:
+        levels = [_Level("", os.fstat(cur), _unlink_files(cur))]
+        while levels:
+            level = levels[-1]
+            if level.subdirs:
+                name = level.subdirs.pop()
+                child = os.open(name, DIR_FLAGS, dir_fd=cur)
+                os.close(cur)
+                cur = child
+                levels.append(_Level(name, os.fstat(cur), _unlink_files(cur)))
+                continue
+            levels.pop()
+            if levels:
+                parent = os.open("..", DIR_FLAGS, dir_fd=cur)
+                os.close(cur)
+                cur = parent
+                here = os.fstat(cur)
+                expected = levels[-1].stat
+                if (here.st_dev, here.st_ino) != (expected.st_dev, expected.st_ino):
+                    raise WorkspacePathError(
+                        "a directory moved while its tree was being removed: try again"
+                    )
+                os.rmdir(level.name, dir_fd=cur)
+    finally:
+        os.close(cur)
+
+
+@dataclass
+class _Level:
+    """A directory of the tree being removed: its name in its parent, its identity,
+    and the subdirectories still to remove in it."""
+
+    name: str
+    stat: os.stat_result
+    subdirs: list[str]
+
+
+def _unlink_files(fd: int) -> list[str]:
+    """Removes what is not a directory in the directory open at ``fd``; its subdirectories."""
+    subdirs = []
     for entry in os.scandir(fd):
         if entry.is_dir(follow_symlinks=False):
-            _remove_tree(fd, entry.name)
+            subdirs.append(entry.name)
         else:
             os.unlink(entry.name, dir_fd=fd)
-
-
-def _remove_tree(parent_fd: int, name: str) -> None:
-    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-    try:
-        empty_dir(fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
+    return subdirs

@@ -68,6 +68,10 @@ class Language(BaseModel):
         match = re.search(self.entry_pattern, main_source)
         return match.group(1) if match else self.entry_default
 
+    def is_source(self, path: str) -> bool:
+        """Whether ``path`` is one of the language's sources (``{sources}`` in argv)."""
+        return path.endswith(self.extensions)
+
     def source_name(self, entry: str | None) -> str:
         return self.source.replace("{entry}", entry or "")
 

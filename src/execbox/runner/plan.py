@@ -40,7 +40,7 @@ class Plan:
     compile_limits: ResolvedLimits
 
     def argv(self, template: tuple[str, ...], limits: ResolvedLimits) -> list[str]:
-        sources = [p for p, _ in self.files if any(p.endswith(e) for e in self.language.extensions)]
+        sources = [p for p, _ in self.files if self.language.is_source(p)]
         argv: list[str] = []
         for part in template:
             if part == "{sources}":
@@ -151,6 +151,13 @@ class Planner:
                 raise InvalidRequest(f"file path {path!r}: {exc}") from exc
             if not parts:
                 raise InvalidRequest(f"file path {path!r} names no file")
+            if (i == 0 or lang.is_source(path)) and any(p.startswith(("-", "@")) for p in parts):
+                # Compilers would take it for an option or a response file (gcc, javac and
+                # rustc read "@file"; gcc's cc1 even gets the bare file name).
+                raise InvalidRequest(
+                    f"file path {path!r}: a source file's path may not have a part that "
+                    "starts with '-' or '@'; rename it"
+                )
             total += len(data)
             if i == 0 and not data.strip():
                 raise InvalidRequest("the program is empty")

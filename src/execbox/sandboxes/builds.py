@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -73,6 +75,24 @@ class BuildNotFound(LookupError):
 
 def preview_path(sandbox_id: str, port: int) -> str:
     return f"/v1/sandboxes/{sandbox_id}/ports/{port}/"
+
+
+PREVIEW_PATH = re.compile(r"/v1/sandboxes/(?P<sandbox_id>[^/]+)/ports/(?P<port>[0-9]+)/")
+
+
+def public_preview_url(path: str, base_url: str, domain: str | None) -> str:
+    """``path`` (a preview_path) as an absolute URL of the server at ``base_url``: on
+    the preview's own host, ``{port}-{sandbox_id}.{domain}``, when there is a domain."""
+    found = PREVIEW_PATH.fullmatch(path)
+    if domain is None or found is None:
+        return base_url.rstrip("/") + path
+    base = urlsplit(base_url)
+    port = f":{base.port}" if base.port else ""
+    return f"{base.scheme}://{found['port']}-{found['sandbox_id']}.{domain}{port}/"
+
+
+def _tail(text: str) -> str:
+    return text[-TAIL_CHARS:]
 
 
 class _Run:

@@ -39,6 +39,13 @@ class SandboxSettings(BaseSettings):
     sandbox_build_step_timeout_s: float = Field(
         300, gt=0, description="Longest deps or checks step of a build"
     )
+    preview_domain: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$",
+        description="Previews also get hosts, so origins, of their own: "
+        "{port}-{sandbox_id}.DOMAIN (a wildcard DNS name for this server, used for nothing "
+        "else); preview URLs then use that form",
+    )
     sandbox_start_wait_s: float = Field(
         30, gt=0, description="How long a build waits for its app to listen on its port"
     )
