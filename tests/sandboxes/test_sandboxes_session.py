@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from execbox.engine import Command, Sandbox
+from execbox.engine import Command, Outcome, Sandbox
 from execbox.engine.netns import NamespaceDialer
 from execbox.engine.session import Session, SessionLimits, command_limits, open_session
-from execbox.models import Verdict
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -69,7 +68,7 @@ async def test_commands_share_one_sandbox(session: Session, dialer: NamespaceDia
     await until_answers(dialer, session, 8080)
     fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/x').read())"
     result = await session.run(Command(["/usr/bin/python3", "-c", fetch]), limits)
-    assert result.verdict == Verdict.OK, result
+    assert (result.outcome, result.exit_code) == (Outcome.EXITED, 0), result
     assert result.stdout == b"b'hello /x'\n"
     assert b"listening\n" in b"".join(lines)
     # The preview path: a socket made in the sandbox's namespace by the host.
@@ -86,13 +85,13 @@ async def test_stdin_exit_code_and_output(session: Session) -> None:
     limits = command_limits(LIMITS, 30, 1 << 20)
     result = await session.run(sh("cat; echo err >&2; exit 3"), limits, stdin=b"\xff\x00abc")
     assert (result.exit_code, result.stdout, result.stderr) == (3, b"\xff\x00abc", b"err\n")
-    assert result.verdict == Verdict.RUNTIME_ERROR
+    assert result.outcome == Outcome.EXITED
 
 
 async def test_timeout_kills_the_whole_command(session: Session) -> None:
     # E2B #500: a timed-out command must not keep running.
     result = await session.run(sh("sleep 60 & sleep 60; wait"), command_limits(LIMITS, 0.3, 1024))
-    assert result.verdict == Verdict.TIME_LIMIT, result
+    assert result.outcome == Outcome.KILLED_FOR_TIME, result
     left = await session.run(
         sh("ps -e -o comm= | grep -c sleep || true"), command_limits(LIMITS, 30, 1024)
     )
@@ -101,7 +100,7 @@ async def test_timeout_kills_the_whole_command(session: Session) -> None:
 
 async def test_output_cap_kills(session: Session) -> None:
     result = await session.run(sh("yes"), command_limits(LIMITS, 30, 4096))
-    assert result.verdict == Verdict.OUTPUT_LIMIT
+    assert result.outcome == Outcome.KILLED_FOR_OUTPUT
     assert result.stdout_truncated and len(result.stdout) == 4096
 
 
@@ -122,7 +121,7 @@ async def test_quick_commands_never_lose_their_exit(session: Session) -> None:
     # A command may end before exec() returns: its exit must still be matched.
     for _ in range(20):
         result = await session.run(Command(["/bin/true"]), command_limits(LIMITS, 30, 1024))
-        assert result.verdict == Verdict.OK
+        assert (result.outcome, result.exit_code) == (Outcome.EXITED, 0)
 
 
 async def test_memory_and_pids_limits_hold_over_all_processes(engine: Sandbox) -> None:
@@ -138,8 +137,8 @@ async def test_memory_and_pids_limits_hold_over_all_processes(engine: Sandbox) -
             Command(["/usr/bin/python3", "-c", hog]), command_limits(small, 30, 1024)
         )
         first.kill()
-        verdicts = {(await first.wait()).verdict, second.verdict}
-        assert Verdict.MEMORY_LIMIT in verdicts, verdicts
+        outcomes = {(await first.wait()).outcome, second.outcome}
+        assert Outcome.KILLED_FOR_MEMORY in outcomes, outcomes
         # A fork bomb meets the pids limit and ends with its process group.
         await session.run(
             sh("b() { b | b & }; b 2>/dev/null; sleep 1"), command_limits(small, 1, 1024)
@@ -147,6 +146,10 @@ async def test_memory_and_pids_limits_hold_over_all_processes(engine: Sandbox) -
         after = await session.run(
             Command(["/bin/ps", "-e", "-o", "comm="]), command_limits(small, 30, 4096)
         )
-        assert after.verdict == Verdict.OK and "sh" not in after.stdout.decode().split(), after
+        assert (
+            after.outcome == Outcome.EXITED
+            and after.exit_code == 0
+            and "sh" not in after.stdout.decode().split()
+        ), after
     finally:
         await session.close()

@@ -8,11 +8,11 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from execbox.engine.bwrap import WORKDIR
 from execbox.engine.cgroups import CgroupStats
 from execbox.engine.errors import SandboxError
-from execbox.models import Verdict
 
 READ_CHUNK = 65536
 # After a kill, how long the program's pipes may take to close, and init to report.
@@ -45,9 +45,21 @@ class SandboxLimits:
     cpus: float | None = None
 
 
+class Outcome(StrEnum):
+    """How a command ended, in the engine's own words (the runner says what it means)."""
+
+    EXITED = "exited"  # by itself: see exit_code
+    SIGNALLED = "signalled"  # by a signal of its own making (a crash, an abort)
+    KILLED = "killed"  # by the host, asked to (a cancel, the sandbox ending)
+    KILLED_FOR_TIME = "killed_for_time"  # CPU or wall time limit
+    KILLED_FOR_MEMORY = "killed_for_memory"  # the cgroup's OOM killer
+    KILLED_FOR_OUTPUT = "killed_for_output"  # the output cap, or the file size limit
+    UNREPORTED = "unreported"  # the sandbox ended without telling how the command did
+
+
 @dataclass
 class SandboxResult:
-    verdict: Verdict
+    outcome: Outcome
     exit_code: int | None
     signal: int | None
     stdout: bytes
@@ -110,7 +122,7 @@ def make_result(
     limits: SandboxLimits,
     out: CappedOutput,
     err: CappedOutput,
-    killed_for: list[Verdict],
+    killed_for: list[Outcome],
     host_wall: float,
 ) -> SandboxResult:
     """The result of a command from init's status line ("exit STATUS WALL_US ...", less
@@ -130,33 +142,32 @@ def make_result(
         message = status_line.decode(errors="replace").strip()
     cpu = stats.cpu_ns / 1e9
     if stats.oom_kills:
-        verdict, message = Verdict.MEMORY_LIMIT, "killed: out of memory"
+        outcome, message = Outcome.KILLED_FOR_MEMORY, "killed: out of memory"
     elif killed_for:
-        verdict = killed_for[0]
+        outcome = killed_for[0]
         message = {
-            Verdict.TIME_LIMIT: (
+            Outcome.KILLED_FOR_TIME: (
                 f"killed: CPU time limit of {limits.cpu_time_s:g}s"
                 if cpu >= limits.cpu_time_s
                 else f"killed: wall time limit of {limits.wall_time_s:g}s"
             ),
-            Verdict.OUTPUT_LIMIT: f"killed: output passed {limits.output_bytes} bytes",
-        }.get(verdict)
+            Outcome.KILLED_FOR_OUTPUT: f"killed: output passed {limits.output_bytes} bytes",
+        }.get(outcome)
     elif sig == signal.SIGXCPU or cpu > limits.cpu_time_s:
-        verdict, message = Verdict.TIME_LIMIT, f"CPU time limit of {limits.cpu_time_s:g}s"
+        outcome, message = Outcome.KILLED_FOR_TIME, f"CPU time limit of {limits.cpu_time_s:g}s"
     elif sig == signal.SIGXFSZ:
-        verdict = Verdict.OUTPUT_LIMIT
+        outcome = Outcome.KILLED_FOR_OUTPUT
         message = f"file size limit of {limits.file_size_bytes} bytes"
     elif exit_code is None and sig is None:
-        verdict = Verdict.INTERNAL_ERROR
+        outcome = Outcome.UNREPORTED
         message = message or "the sandbox ended without reporting the program's status"
-    elif exit_code == 0:
-        verdict = Verdict.OK
+    elif sig is None:
+        outcome = Outcome.EXITED
     else:
-        verdict = Verdict.RUNTIME_ERROR
-        if sig is not None:
-            message = f"killed by signal {sig} ({signal.Signals(sig).name})"
+        outcome = Outcome.SIGNALLED
+        message = f"killed by signal {sig} ({signal.Signals(sig).name})"
     return SandboxResult(
-        verdict=verdict,
+        outcome=outcome,
         exit_code=exit_code,
         signal=sig,
         stdout=out.value(),

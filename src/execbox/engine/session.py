@@ -37,6 +37,7 @@ from execbox.engine.command import (
     SANDBOX_OWN_PROCESSES,
     CappedOutput,
     Command,
+    Outcome,
     OutputCallback,
     SandboxLimits,
     SandboxResult,
@@ -50,7 +51,6 @@ from execbox.engine.ptys import mount_ptys, unmount_ptys
 from execbox.engine.spawn import Spawned, read_pipe, write_pipe
 from execbox.engine.uids import UidLease
 from execbox.engine.workspace import Workspace, write_all
-from execbox.models import Verdict
 
 if TYPE_CHECKING:
     from execbox.engine.engine import Sandbox
@@ -107,7 +107,7 @@ class Process:
         self.stdin = stdin
         self._streams = (stdout, stderr)
         self._status: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._killed_for: list[Verdict] = []
+        self._killed_for: list[Outcome] = []
         self._task: asyncio.Task[SandboxResult] | None = None
 
     @property
@@ -127,7 +127,7 @@ class Process:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.stdin.close()
 
-    def kill(self, reason: Verdict = Verdict.RUNTIME_ERROR) -> None:
+    def kill(self, reason: Outcome = Outcome.KILLED) -> None:
         """Kills the command's process group (what it started with it); in an exclusive
         sandbox, every process but init."""
         if not self._killed_for:
@@ -155,7 +155,7 @@ class Process:
                 if on_output is not None:
                     on_output(sink.name, chunk)
                 if capture and not sink.add(chunk):
-                    self.kill(Verdict.OUTPUT_LIMIT)
+                    self.kill(Outcome.KILLED_FOR_OUTPUT)
 
         oom_before = self.session.cgroup.stats().oom_kills if accounting is None else 0
         started = time.monotonic()
@@ -174,7 +174,7 @@ class Process:
             try:
                 line = await asyncio.wait_for(asyncio.shield(self._status), timeout)
             except TimeoutError:
-                self.kill(Verdict.TIME_LIMIT)  # E2B #500: a timeout must end the process
+                self.kill(Outcome.KILLED_FOR_TIME)  # E2B #500: a timeout must end the process
                 line = await self._status_after_kill()
             # The group was killed with its leader; what escaped it (setsid) must not
             # hold the result back: its pipes are abandoned after a grace period.
@@ -231,7 +231,7 @@ class Process:
             except OSError:  # the box was killed and freed meanwhile
                 return
             if left <= 0:
-                self.kill(Verdict.TIME_LIMIT)
+                self.kill(Outcome.KILLED_FOR_TIME)
                 return
             # CPU time accrues at most `cores` seconds per second: sleep until it could end.
             await asyncio.sleep(max(0.005, left / 1e9 / cores))

@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import base64
 
-from execbox.engine import SandboxResult
-from execbox.models import Stage
+from execbox.engine import Outcome, SandboxResult
+from execbox.models import Stage, Verdict
+
+# What each way a command can end means for the program (EXITED: by its exit code).
+VERDICTS = {
+    Outcome.SIGNALLED: Verdict.RUNTIME_ERROR,
+    Outcome.KILLED: Verdict.RUNTIME_ERROR,
+    Outcome.KILLED_FOR_TIME: Verdict.TIME_LIMIT,
+    Outcome.KILLED_FOR_MEMORY: Verdict.MEMORY_LIMIT,
+    Outcome.KILLED_FOR_OUTPUT: Verdict.OUTPUT_LIMIT,
+    Outcome.UNREPORTED: Verdict.INTERNAL_ERROR,
+}
+
+
+def verdict_of(result: SandboxResult) -> Verdict:
+    if result.outcome == Outcome.EXITED:
+        return Verdict.OK if result.exit_code == 0 else Verdict.RUNTIME_ERROR
+    return VERDICTS[result.outcome]
 
 
 def outputs_match(actual: str, expected: str) -> bool:
@@ -43,7 +59,7 @@ def to_stage(result: SandboxResult, stage_cls: type[Stage] = Stage, **extra: obj
         stderr_base64=stderr_b64,
         exit_code=result.exit_code,
         signal=result.signal,
-        verdict=result.verdict,
+        verdict=verdict_of(result),
         wall_time_ms=round(result.wall_time_s * 1000, 3),
         cpu_time_ms=round(result.cpu_time_s * 1000, 3),
         memory_kb=result.memory_bytes // 1024,

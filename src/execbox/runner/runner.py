@@ -31,7 +31,7 @@ from execbox.models import (
     Verdict,
 )
 from execbox.runner.plan import Plan, Planner, UnknownLanguage, sandbox_limits
-from execbox.runner.results import outputs_match, stdin_bytes, to_stage
+from execbox.runner.results import outputs_match, stdin_bytes, to_stage, verdict_of
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Runner:
                     {**lang.compile_env}, args=[],
                 )  # fmt: skip
                 result.compile = to_stage(compiled)
-                if compiled.verdict != Verdict.OK:
+                if verdict_of(compiled) != Verdict.OK:
                     result.verdict = Verdict.COMPILE_ERROR
                     return result
             env = {**lang.env, **request.env}
@@ -139,7 +139,7 @@ class Runner:
                     args=request.args, network=request.network,
                 )  # fmt: skip
                 result.run = to_stage(ran)
-                result.verdict = ran.verdict
+                result.verdict = verdict_of(ran)
         return result
 
     async def _stage(

@@ -33,6 +33,7 @@ from execbox.engine import (
 )
 from execbox.logging import internal_error
 from execbox.models import Stage
+from execbox.runner.results import verdict_of
 from execbox.sandboxes.eventlog import EventLog
 from execbox.sandboxes.schemas import (
     BuildCreate,
@@ -255,7 +256,7 @@ class Builds:
             # The sandbox's own namespace never has a network: dependencies are fetched
             # by a one-shot box with network over the same workspace.
             result = await self._networked(run, argv)
-            exit_code, verdict = result.exit_code, result.verdict.value
+            exit_code, verdict = result.exit_code, verdict_of(result).value
         else:
             stage = await self._command(run, argv)
             exit_code, verdict = stage.exit_code, stage.verdict.value
