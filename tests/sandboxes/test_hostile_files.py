@@ -165,7 +165,9 @@ def peak_rss_kb(pid: int) -> int:
 def test_a_huge_directory_is_listed_in_pages_and_removed_off_the_event_loop(
     client: httpx.Client, server: Server
 ) -> None:
-    sid = create(client)
+    # A workspace has 256 inodes per MiB: room for the files (the memory they take is
+    # a few tens of MiB: empty files hold no data).
+    sid = create(client, limits={"disk_mb": 640})
     run(client, sid, MAKE_MANY)
     files = f"/v1/sandboxes/{sid}/files"
     pages: list[httpx.Response] = []
