@@ -6,6 +6,7 @@ server stays healthy and the sandbox's processes go with it
 from __future__ import annotations
 
 import httpx
+from api_kit import Server
 from test_sandboxes_api import create, run, sandbox_processes, wait_until
 
 DEEP_TREE = """
@@ -18,9 +19,9 @@ print("deep")
 """
 
 
-def test_deleting_a_deep_tree_through_the_files_api(client: httpx.Client) -> None:
+def test_deleting_a_deep_tree_through_the_files_api(client: httpx.Client, server: Server) -> None:
     sid = create(client)["id"]
-    boxes = len(sandbox_processes("bwrap"))  # this sandbox's and the warm pool's
+    boxes = len(sandbox_processes(server, "bwrap"))  # this sandbox's and the warm pool's
     client.put(f"/v1/sandboxes/{sid}/files/deep.py", content=DEEP_TREE.encode())
     made = run(client, sid, "python3 deep.py")["result"]
     assert made["stdout"] == "deep\n", made
@@ -32,4 +33,4 @@ def test_deleting_a_deep_tree_through_the_files_api(client: httpx.Client) -> Non
     assert client.get("/health").status_code == 200
     assert client.delete(f"/v1/sandboxes/{sid}").json()["status"] == "killed"
     # The warm pool refills with one sandbox for the one taken, and no more.
-    wait_until(lambda: len(sandbox_processes("bwrap")) == boxes)
+    wait_until(lambda: len(sandbox_processes(server, "bwrap")) == boxes)
