@@ -6,8 +6,9 @@ server stays healthy and the sandbox's processes go with it
 from __future__ import annotations
 
 import httpx
-from api_kit import Server
 from test_sandboxes_api import create, run, sandbox_processes, wait_until
+
+from kit.servers import Server
 
 DEEP_TREE = """
 import os
