@@ -30,7 +30,7 @@ async def test_unknown_language_names_the_supported_ones(runner: Runner) -> None
 @pytest.mark.parametrize("code", ["", "   \n\t\n"])
 def test_empty_source(runner: Runner, code: str) -> None:
     with pytest.raises(InvalidRequest, match="empty"):
-        runner.plan(ExecutionRequest(language="python", code=code))
+        runner.planner.plan(ExecutionRequest(language="python", code=code))
 
 
 def test_no_source_at_all() -> None:
@@ -45,12 +45,12 @@ def test_no_source_at_all() -> None:
 def test_huge_source(runner: Runner) -> None:
     code = "#" * (MAX_SOURCE_BYTES + 1)
     with pytest.raises(InvalidRequest, match=str(MAX_SOURCE_BYTES)):
-        runner.plan(ExecutionRequest(language="python", code=code))
+        runner.planner.plan(ExecutionRequest(language="python", code=code))
     # Many files that are each fine but together too big.
     chunk = "#" * (MAX_SOURCE_BYTES // 4)
     files = [{"path": f"m{i}.py", "content": chunk} for i in range(5)]
     with pytest.raises(InvalidRequest, match="at most"):
-        runner.plan(ExecutionRequest(language="python", files=files))
+        runner.planner.plan(ExecutionRequest(language="python", files=files))
 
 
 async def test_non_utf8_sources(runner: Runner) -> None:
@@ -135,7 +135,9 @@ async def test_absurd_limits_are_refused_with_the_maximum(
     with pytest.raises(InvalidRequest, match=rf"{key} = .*\(at most "):
         await runner.execute(ExecutionRequest(language="python", code="print(1)", limits=limits))
     with pytest.raises(InvalidRequest, match="at most"):
-        runner.plan(ExecutionRequest(language="c", code="int main(){}", compile_limits=limits))
+        runner.planner.plan(
+            ExecutionRequest(language="c", code="int main(){}", compile_limits=limits)
+        )
 
 
 async def test_tiny_limits_give_a_clean_verdict(runner: Runner) -> None:
@@ -184,11 +186,11 @@ def test_path_traversal_in_file_names_is_refused(runner: Runner, path: str) -> N
         files=[{"path": "main.py", "content": "print(1)"}, {"path": path, "content": "x"}],
     )
     with pytest.raises(InvalidRequest, match="file path"):
-        runner.plan(request)
+        runner.planner.plan(request)
 
 
 def test_safe_file_names_are_kept(runner: Runner) -> None:
-    plan = runner.plan(
+    plan = runner.planner.plan(
         ExecutionRequest(
             language="python",
             files=[
@@ -204,15 +206,17 @@ def test_safe_file_names_are_kept(runner: Runner) -> None:
 def test_duplicate_file_paths_are_refused(runner: Runner) -> None:
     files = [{"path": "main.py", "content": "print(1)"}, {"path": "./main.py", "content": "2"}]
     with pytest.raises(InvalidRequest, match="same path"):
-        runner.plan(ExecutionRequest(language="python", files=files))
+        runner.planner.plan(ExecutionRequest(language="python", files=files))
 
 
 def test_unavailable_version_is_refused(runner: Runner) -> None:
     with pytest.raises(InvalidRequest, match="not available"):
-        runner.plan(ExecutionRequest(language="python", version="2.7", code="print 1"))
+        runner.planner.plan(ExecutionRequest(language="python", version="2.7", code="print 1"))
     installed = runner.table.versions["python"]
     assert installed is not None
-    plan = runner.plan(ExecutionRequest(language="python", version=installed[:4], code="print(1)"))
+    plan = runner.planner.plan(
+        ExecutionRequest(language="python", version=installed[:4], code="print(1)")
+    )
     assert plan.language.name == "python"
 
 

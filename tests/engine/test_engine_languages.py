@@ -211,7 +211,7 @@ ALIASES = {
 
 def test_aliases_resolve(runner: Runner) -> None:
     for alias, name in ALIASES.items():
-        plan = runner.plan(ExecutionRequest(language=alias, code="x"))
+        plan = runner.planner.plan(ExecutionRequest(language=alias, code="x"))
         assert plan.language.name == name, alias
 
 

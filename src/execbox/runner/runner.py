@@ -50,6 +50,7 @@ class Runner:
     def __init__(self, sandbox: Sandbox, languages: Languages, settings: Settings) -> None:
         self.sandbox = sandbox
         self.table = languages
+        self.settings = settings
         self.planner = Planner(languages, settings)
 
     @classmethod
