@@ -14,6 +14,11 @@ class CallerError(Exception):
     status: int = 400
 
     @property
+    def detail(self) -> str:
+        """What went wrong and what to do about it."""
+        return str(self)
+
+    @property
     def headers(self) -> dict[str, str] | None:
         return None
 

@@ -36,6 +36,7 @@ from execbox.api.problems import ProblemError, problem_response, problem_respons
 from execbox.api.sandboxes import Port, SandboxId
 from execbox.api.sandboxes import _problem as sandbox_problem
 from execbox.api.sandboxes import _SandboxRoute as SandboxRoute
+from execbox.errors import CallerError
 from execbox.sandboxes.service import LiveSandbox, SandboxElsewhere, SandboxGone, SandboxService
 
 TOKEN_PARAM = "execbox_preview_token"
@@ -231,7 +232,7 @@ async def _relay_websocket(websocket: WebSocket, preview: Preview) -> None:
     try:
         await _authorize(websocket, preview.sandbox_id)
         sock = await sandboxes.open_port(preview.sandbox_id, port)
-    except ProblemError as exc:
+    except CallerError as exc:
         await websocket.close(code=1008, reason=exc.detail[:120])
         return
     except (LookupError, SandboxGone, SandboxElsewhere, OSError) as exc:
@@ -360,7 +361,7 @@ class PreviewHosts:
         try:
             response = await _relay_http(Request(scope, receive), preview)
         except Exception as exc:
-            problem = exc if isinstance(exc, ProblemError) else sandbox_problem(exc)
+            problem = exc if isinstance(exc, CallerError) else sandbox_problem(exc)
             if problem is None:
                 raise
             response = problem_response(

@@ -330,9 +330,9 @@ class Builds:
                 if app.process.done:
                     with contextlib.suppress(TimeoutError):  # its last words, for the tail
                         await asyncio.wait_for(asyncio.shield(forward), 1)
-                    stage = await app.process.wait()
+                    ended = await app.process.wait()
                     raise BuildFailed(
-                        f"the app ended ({_how(stage.exit_code, stage.verdict.value)}) before "
+                        f"the app ended ({_how(ended.exit_code, verdict_of(ended).value)}) before "
                         f"listening on port {port}: see output_tail"
                     )
                 if time.monotonic() > deadline:
