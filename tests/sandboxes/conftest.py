@@ -19,7 +19,7 @@ from execbox.config import Settings
 from execbox.engine import Sandbox
 from execbox.engine.netns import NamespaceDialer
 from kit.host import claim_uids
-from kit.servers import API_KEY, Server
+from kit.servers import API_KEY, Server, make_server
 
 
 @pytest.fixture(scope="session")
@@ -65,28 +65,23 @@ def server() -> Iterator[Server]:
     """A real execbox server running the real sandbox, on SQLite."""
     runtime_dir = Path(tempfile.mkdtemp(prefix="execbox-sbx-api-run-"))
     runtime_dir.chmod(0o711)
-    server = Server(
-        {
-            "EXECBOX_CGROUP_NAME": f"execbox-sbx-api-{os.getpid()}",
-            "EXECBOX_RUNTIME_DIR": str(runtime_dir),
-            "EXECBOX_WARM_POOL_SIZE": "0",
-            "EXECBOX_SANDBOX_WARM_POOL": "1",
-            "EXECBOX_SANDBOX_MAX_COMMANDS": "6",
-            "EXECBOX_WORKERS": "1",
-            "EXECBOX_MAX_SANDBOXES": "4",
-            "EXECBOX_SANDBOX_FILE_MB": "1",
-            "EXECBOX_SANDBOX_START_WAIT_S": "20",
-            "EXECBOX_API_KEYS": API_KEY,
-            "EXECBOX_ALLOW_NETWORK": "1",  # for a build's deps step only
-        }
-    )
-    server.start()
     try:
-        yield server
+        yield from make_server(
+            {
+                "EXECBOX_CGROUP_NAME": f"execbox-sbx-api-{os.getpid()}",
+                "EXECBOX_RUNTIME_DIR": str(runtime_dir),
+                "EXECBOX_WARM_POOL_SIZE": "0",
+                "EXECBOX_SANDBOX_WARM_POOL": "1",
+                "EXECBOX_SANDBOX_MAX_COMMANDS": "6",
+                "EXECBOX_WORKERS": "1",
+                "EXECBOX_MAX_SANDBOXES": "4",
+                "EXECBOX_SANDBOX_FILE_MB": "1",
+                "EXECBOX_SANDBOX_START_WAIT_S": "20",
+                "EXECBOX_API_KEYS": API_KEY,
+                "EXECBOX_ALLOW_NETWORK": "1",  # for a build's deps step only
+            }
+        )
     finally:
-        if server.proc is not None:
-            server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 

@@ -25,7 +25,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from execbox.api.problems import PROBLEM_MEDIA_TYPE
 from execbox.client import AsyncClient, Client
-from kit.servers import API_KEY, Server
+from kit.servers import API_KEY, Server, make_server
 
 FILES_UID = 60363  # this module's server's sandboxes, counted apart from the others'
 MANY_FILES = 150_000
@@ -69,27 +69,23 @@ while True:  # keeps writing into busy/, whoever removes it
 def server() -> Iterator[Server]:
     runtime_dir = Path(tempfile.mkdtemp(prefix="execbox-files-run-"))
     runtime_dir.chmod(0o711)
-    server = Server(
-        {
-            "EXECBOX_SANDBOX_UID": str(FILES_UID),
-            "EXECBOX_SANDBOX_GID": str(FILES_UID),
-            "EXECBOX_CGROUP_NAME": f"execbox-files-{os.getpid()}",
-            "EXECBOX_RUNTIME_DIR": str(runtime_dir),
-            "EXECBOX_WARM_POOL_SIZE": "0",
-            "EXECBOX_SANDBOX_WARM_POOL": "0",
-            "EXECBOX_WORKERS": "1",
-            "EXECBOX_MAX_SANDBOXES": "3",
-            "EXECBOX_SANDBOX_FILE_MB": str(FILE_MB),
-            "EXECBOX_MAX_BODY_KB": str(BODY_KB),
-            "EXECBOX_API_KEYS": API_KEY,
-        }
-    )
-    server.start()
     try:
-        yield server
+        yield from make_server(
+            {
+                "EXECBOX_SANDBOX_UID": str(FILES_UID),
+                "EXECBOX_SANDBOX_GID": str(FILES_UID),
+                "EXECBOX_CGROUP_NAME": f"execbox-files-{os.getpid()}",
+                "EXECBOX_RUNTIME_DIR": str(runtime_dir),
+                "EXECBOX_WARM_POOL_SIZE": "0",
+                "EXECBOX_SANDBOX_WARM_POOL": "0",
+                "EXECBOX_WORKERS": "1",
+                "EXECBOX_MAX_SANDBOXES": "3",
+                "EXECBOX_SANDBOX_FILE_MB": str(FILE_MB),
+                "EXECBOX_MAX_BODY_KB": str(BODY_KB),
+                "EXECBOX_API_KEYS": API_KEY,
+            }
+        )
     finally:
-        server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 

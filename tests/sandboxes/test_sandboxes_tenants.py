@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,7 +27,7 @@ from kit.host import (
     sandbox_pids,
     settings_uids,
 )
-from kit.servers import API_KEY, Server
+from kit.servers import API_KEY, Server, make_server
 
 WAIT_LIMIT_S = 30  # a guard against a hang, not a measurement
 SMALL = SessionLimits(memory_bytes=64 << 20, processes=16, disk_mb=4)
@@ -83,23 +82,18 @@ def test_a_sandbox_that_exhausts_per_user_limits_leaves_another_its_own(
 def two_uid_server() -> Iterator[Server]:
     """A server whose sandboxes may use two uids only (no warm pools to take them)."""
     uids = claim_uids()
-    server = Server(
-        {
-            **uids.env,
-            "EXECBOX_SANDBOX_UID_COUNT": "2",
-            "EXECBOX_WARM_POOL_SIZE": "0",
-            "EXECBOX_SANDBOX_WARM_POOL": "0",
-            "EXECBOX_WORKERS": "1",
-            "EXECBOX_API_KEYS": API_KEY,
-        }
-    )
-    server.start()
     try:
-        yield server
+        yield from make_server(
+            {
+                **uids.env,
+                "EXECBOX_SANDBOX_UID_COUNT": "2",
+                "EXECBOX_WARM_POOL_SIZE": "0",
+                "EXECBOX_SANDBOX_WARM_POOL": "0",
+                "EXECBOX_WORKERS": "1",
+                "EXECBOX_API_KEYS": API_KEY,
+            }
+        )
     finally:
-        if server.proc is not None:
-            server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
         uids.release()
 
 
